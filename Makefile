@@ -7,7 +7,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 RUN_FLAGS ?=
 TEST_FLAGS ?=
 
-.PHONY: build run demo test test-unit vet generate bench bench-quick clean
+.PHONY: build run demo test vet clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/agent-vault
@@ -28,3 +28,7 @@ vet:
 
 clean:
 	rm -rf bin
+
+# The offline walk-through: a real server, a local echo upstream, one brokered request.
+demo: build
+	$(GO) run ./internal/demo -bin $(BIN)
