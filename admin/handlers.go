@@ -387,4 +387,3 @@ func (s *Server) deleteAgent(w http.ResponseWriter, r *http.Request, p *principa
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
-

@@ -222,4 +222,3 @@ func (w *statusWriter) code() int {
 // Unwrap lets http.ResponseController reach the underlying writer (flushing
 // for the audit stream later).
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-

@@ -166,4 +166,3 @@ func (c *Client) AuditVerify(ctx context.Context) (api.AuditVerify, error) {
 	err := c.do(ctx, http.MethodGet, "/audit/verify", nil, nil, &v)
 	return v, err
 }
-
