@@ -7,7 +7,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 RUN_FLAGS ?=
 TEST_FLAGS ?=
 
-.PHONY: build run demo test vet clean
+.PHONY: build run demo test vet bench bench-quick clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/agent-vault
@@ -32,3 +32,10 @@ clean:
 # The offline walk-through: a real server, a local echo upstream, one brokered request.
 demo: build
 	$(GO) run ./internal/demo -bin $(BIN)
+
+# Benchmarks: ratios against direct access to the same upstream, in one run.
+bench: build
+	$(GO) run ./internal/bench -bin $(BIN)
+
+bench-quick: build
+	$(GO) run ./internal/bench -bin $(BIN) -quick

@@ -205,3 +205,11 @@ func BuildBinary(root, dir string) (string, error) {
 	}
 	return bin, nil
 }
+
+// Pid is the server process's id (0 before Start).
+func (s *Server) Pid() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}

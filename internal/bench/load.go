@@ -1,0 +1,265 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// sample is the outcome of one or more load runs.
+type sample struct {
+	n        int64
+	elapsed  time.Duration
+	lat      []time.Duration
+	failures int64
+}
+
+func (s *sample) rps() float64 { return float64(s.n) / s.elapsed.Seconds() }
+
+func (s *sample) quantile(q float64) time.Duration {
+	if len(s.lat) == 0 {
+		return 0
+	}
+	slices.Sort(s.lat)
+	return s.lat[int(q*float64(len(s.lat)-1))]
+}
+
+func (s *sample) add(o sample) {
+	s.n += o.n
+	s.elapsed += o.elapsed
+	s.lat = append(s.lat, o.lat...)
+	s.failures += o.failures
+}
+
+// client builds an HTTP client that reaches the upstream either directly or
+// through the broker's explicit proxy.
+func (e *env) client(viaBroker, h2, fresh bool, conc int) *http.Client {
+	tr := &http.Transport{
+		MaxIdleConns:        conc * 2,
+		MaxIdleConnsPerHost: conc * 2,
+		DisableKeepAlives:   fresh,
+		ForceAttemptHTTP2:   h2,
+		IdleConnTimeout:     time.Minute,
+	}
+	if !h2 {
+		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	if viaBroker {
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(e.brokerCA)
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots}
+		tr.Proxy = http.ProxyURL(&url.URL{Scheme: "http", User: url.UserPassword("agent", e.token), Host: e.srv.ProxyAddr})
+	} else {
+		tr.TLSClientConfig = &tls.Config{RootCAs: e.ca.Pool()}
+		var d net.Dialer
+		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, network, e.up.Addr)
+		}
+	}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+func (e *env) url(path string) string { return "https://" + apiHost + ":" + e.port + path }
+
+// load runs conc workers issuing GET path for d and returns what they did.
+func load(c *http.Client, target string, conc int, d time.Duration) sample {
+	var wg sync.WaitGroup
+	var n, fails atomic.Int64
+	lats := make([][]time.Duration, conc)
+	start := time.Now()
+	deadline := start.Add(d)
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				resp, err := c.Get(target)
+				if err != nil {
+					fails.Add(1)
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					fails.Add(1)
+					continue
+				}
+				lats[w] = append(lats[w], time.Since(t0))
+				n.Add(1)
+			}
+		}(w)
+	}
+	wg.Wait()
+	s := sample{n: n.Load(), elapsed: time.Since(start), failures: fails.Load()}
+	for _, l := range lats {
+		s.lat = append(s.lat, l...)
+	}
+	return s
+}
+
+// compareSmall interleaves direct and brokered runs of small requests.
+func (e *env) compareSmall(conc int, h2, fresh bool, round time.Duration, rounds int) (broker, direct sample, err error) {
+	bc := e.client(true, h2, fresh, conc)
+	dc := e.client(false, h2, fresh, conc)
+	defer bc.CloseIdleConnections()
+	defer dc.CloseIdleConnections()
+	// warm both paths (connections, leaf certificate, DNS)
+	load(bc, e.url("/small"), conc, 200*time.Millisecond)
+	load(dc, e.url("/small"), conc, 200*time.Millisecond)
+	for r := 0; r < rounds; r++ {
+		direct.add(load(dc, e.url("/small"), conc, round))
+		broker.add(load(bc, e.url("/small"), conc, round))
+	}
+	if broker.failures > broker.n/100 || direct.failures > direct.n/100 {
+		return broker, direct, fmt.Errorf("too many failures: broker %d of %d, direct %d of %d",
+			broker.failures, broker.n+broker.failures, direct.failures, direct.n+direct.failures)
+	}
+	if broker.n == 0 {
+		return broker, direct, fmt.Errorf("no request through the broker succeeded")
+	}
+	return broker, direct, nil
+}
+
+// compareStream downloads size bytes n times each way and returns MiB/s.
+func (e *env) compareStream(size int64, n int) (broker, direct float64, err error) {
+	bc := e.client(true, false, false, 1)
+	dc := e.client(false, false, false, 1)
+	get := func(c *http.Client) (time.Duration, error) {
+		t0 := time.Now()
+		resp, err := c.Get(e.url("/bytes?n=" + strconv.FormatInt(size, 10)))
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		got, err := io.Copy(io.Discard, resp.Body)
+		if err != nil || got != size {
+			return 0, fmt.Errorf("read %d of %d bytes: %v", got, size, err)
+		}
+		return time.Since(t0), nil
+	}
+	var bt, dt time.Duration
+	for i := 0; i < n; i++ {
+		d, err := get(dc)
+		if err != nil {
+			return 0, 0, fmt.Errorf("direct: %w", err)
+		}
+		dt += d
+		b, err := get(bc)
+		if err != nil {
+			return 0, 0, fmt.Errorf("broker: %w", err)
+		}
+		bt += b
+	}
+	mib := float64(size*int64(n)) / (1 << 20)
+	return mib / bt.Seconds(), mib / dt.Seconds(), nil
+}
+
+// idleConns opens n agent connections to the broker (CONNECT, then a TLS
+// handshake inside the tunnel), leaves them idle, and returns how much the
+// broker's resident memory grew, in MiB.
+func (e *env) idleConns(n int) (float64, error) {
+	pid := e.srv.Pid()
+	before, err := rssMiB(pid)
+	if err != nil {
+		return 0, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(e.brokerCA)
+	auth := "Basic " + base64.StdEncoding.EncodeToString([]byte("agent:"+e.token))
+	conns := make([]net.Conn, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) || firstErr.Load() != nil {
+					return
+				}
+				c, err := openIdle(e.srv.ProxyAddr, apiHost+":"+e.port, auth, roots)
+				if err != nil {
+					firstErr.Store(err)
+					return
+				}
+				conns[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return 0, fmt.Errorf("opening idle connections: %w", err)
+	}
+	time.Sleep(time.Second)
+	after, err := rssMiB(pid)
+	if err != nil {
+		return 0, err
+	}
+	return after - before, nil
+}
+
+func openIdle(proxy, target, auth string, roots *x509.CertPool) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", proxy, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\n\r\n", target, target, auth)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if resp.StatusCode != 200 {
+		c.Close()
+		return nil, fmt.Errorf("CONNECT answered %s", resp.Status)
+	}
+	host, _, _ := strings.Cut(target, ":")
+	tc := tls.Client(c, &tls.Config{ServerName: host, RootCAs: roots, NextProtos: []string{"http/1.1"}})
+	if err := tc.Handshake(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return tc, nil
+}
+
+func rssMiB(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb / 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}

@@ -1,0 +1,229 @@
+// Command bench is `make bench` and `make bench-quick`: a load driver that
+// starts a local TLS upstream and the real agent-vault binary (configured as
+// a user would: a vault, a credential, a service, an agent, audit on), then
+// measures each case against direct access to the same upstream in the same
+// run, interleaving the two, and prints one line per case:
+//
+//	BENCH case=<name> broker=<value> direct=<value> unit=<unit> ratio=<broker/direct>
+//
+// The machines are shared and noisy: only ratios within one run mean
+// anything, and nothing here is ever a pass/fail threshold.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/agentvault/agent-vault/internal/harness"
+)
+
+const apiHost = "api.bench.test"
+
+type result struct {
+	Case   string  `json:"case"`
+	Broker float64 `json:"broker"`
+	Direct float64 `json:"direct,omitempty"`
+	Unit   string  `json:"unit"`
+	Ratio  float64 `json:"ratio,omitempty"`
+}
+
+func main() {
+	bin := flag.String("bin", "bin/agent-vault", "the agent-vault binary")
+	quick := flag.Bool("quick", false, "shorter runs (≤ 60 s in all)")
+	only := flag.String("only", "", "comma-separated cases to run (default all)")
+	out := flag.String("out", "bench-results", "directory for the JSON results")
+	flag.Parse()
+	if err := run(*bin, *quick, *only, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench failed:", err)
+		os.Exit(1)
+	}
+}
+
+func run(bin string, quick bool, only, outDir string) error {
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "agent-vault-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	env, err := startEnv(bin, dir)
+	if err != nil {
+		return err
+	}
+	defer env.close()
+
+	round := 2 * time.Second
+	rounds := 3
+	if quick {
+		round, rounds = 1*time.Second, 2
+	}
+	want := func(name string) bool {
+		return only == "" || strings.Contains(","+only+",", ","+name+",")
+	}
+	var results []result
+	emit := func(r result) {
+		if r.Direct > 0 {
+			r.Ratio = r.Broker / r.Direct
+			fmt.Printf("BENCH case=%s broker=%.4g direct=%.4g unit=%s ratio=%.3f\n", r.Case, r.Broker, r.Direct, r.Unit, r.Ratio)
+		} else {
+			fmt.Printf("BENCH case=%s broker=%.4g unit=%s\n", r.Case, r.Broker, r.Unit)
+		}
+		results = append(results, r)
+	}
+	for _, c := range []struct {
+		name  string
+		conc  int
+		h2    bool
+		fresh bool
+	}{
+		{"small_c1", 1, false, false},
+		{"small_c16", 16, false, false},
+		{"small_c64", 64, false, false},
+		{"small_c16_h2", 16, true, false},
+		{"newconn_c16", 16, false, true},
+	} {
+		if !want(c.name) {
+			continue
+		}
+		b, d, err := env.compareSmall(c.conc, c.h2, c.fresh, round, rounds)
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+		emit(result{Case: c.name, Broker: b.rps(), Direct: d.rps(), Unit: "req/s"})
+		if !c.fresh {
+			emit(result{Case: c.name + "_p50", Broker: ms(b.quantile(0.50)), Direct: ms(d.quantile(0.50)), Unit: "ms"})
+			emit(result{Case: c.name + "_p99", Broker: ms(b.quantile(0.99)), Direct: ms(d.quantile(0.99)), Unit: "ms"})
+		}
+	}
+	if want("stream_64MiB") {
+		n := 3
+		if quick {
+			n = 2
+		}
+		b, d, err := env.compareStream(64<<20, n)
+		if err != nil {
+			return fmt.Errorf("stream_64MiB: %w", err)
+		}
+		emit(result{Case: "stream_64MiB", Broker: b, Direct: d, Unit: "MiB/s"})
+	}
+	if want("audit_events_per_s") {
+		d := 3 * time.Second
+		if quick {
+			d = 1500 * time.Millisecond
+		}
+		eps, err := auditThroughput(filepath.Join(dir, "audit-bench"), 64, d)
+		if err != nil {
+			return fmt.Errorf("audit_events_per_s: %w", err)
+		}
+		emit(result{Case: "audit_events_per_s", Broker: eps, Unit: "events/s"})
+	}
+	if want("idle_conns_10k") {
+		n := 10000
+		mib, err := env.idleConns(n)
+		if err != nil {
+			return fmt.Errorf("idle_conns_10k: %w", err)
+		}
+		emit(result{Case: "idle_conns_10k", Broker: mib, Unit: "MiB"})
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	file := filepath.Join(outDir, time.Now().UTC().Format("20060102T150405Z")+".json")
+	doc := map[string]any{"time": time.Now().UTC(), "quick": quick, "go": runtime.Version(), "cpus": runtime.NumCPU(), "results": results}
+	data, _ := json.MarshalIndent(doc, "", "  ")
+	if err := os.WriteFile(file, data, 0o644); err != nil {
+		return err
+	}
+	fmt.Println("results written to", file)
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// env is the running broker and upstream.
+type env struct {
+	srv      *harness.Server
+	up       *harness.Upstream
+	dns      *harness.DNSServer
+	ca       *harness.TestCA
+	token    string
+	brokerCA []byte
+	port     string
+}
+
+func startEnv(bin, dir string) (*env, error) {
+	ca, err := harness.NewTestCA()
+	if err != nil {
+		return nil, err
+	}
+	caFile := filepath.Join(dir, "upstream-ca.pem")
+	if err := ca.WritePEM(caFile); err != nil {
+		return nil, err
+	}
+	up, err := harness.StartUpstream(ca, "127.0.0.1:0", apiHost)
+	if err != nil {
+		return nil, err
+	}
+	up.Record = false
+	_, port, _ := strings.Cut(up.Addr, ":")
+	d, err := harness.StartDNS("127.0.0.1:0", map[string][]netip.Addr{apiHost: {netip.MustParseAddr("127.0.0.1")}})
+	if err != nil {
+		return nil, err
+	}
+	srv, err := harness.NewServer(bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	srv.Args = []string{"--insecure-no-master-password", "--upstream-dns", d.Addr, "--upstream-ca", caFile,
+		"--allow-private-upstreams", "--log-format", "json"}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := srv.Start(ctx); err != nil {
+		return nil, err
+	}
+	e := &env{srv: srv, up: up, dns: d, ca: ca, port: port}
+	for _, c := range []struct {
+		stdin string
+		args  []string
+	}{
+		{"bench-password-1\n", []string{"setup", "--email", "bench@bench.test"}},
+		{"", []string{"vault", "create", "bench"}},
+		{"sk-bench-0123456789abcdef\n", []string{"credential", "set", "--vault", "bench", "API_KEY"}},
+		{"", []string{"service", "add", "--vault", "bench", "--name", "api", "--host", apiHost, "--auth", "bearer", "--credential", "API_KEY"}},
+	} {
+		if _, err := srv.MustCLI(c.stdin, c.args...); err != nil {
+			e.close()
+			return nil, err
+		}
+	}
+	var agent struct{ Token string }
+	if err := srv.CLIJSON(&agent, "", "agent", "create", "--vault", "bench", "bench-agent"); err != nil {
+		e.close()
+		return nil, err
+	}
+	e.token = agent.Token
+	pem, err := srv.MustCLI("", "ca", "export")
+	if err != nil {
+		e.close()
+		return nil, err
+	}
+	e.brokerCA = []byte(pem)
+	return e, nil
+}
+
+func (e *env) close() {
+	e.srv.Stop()
+	e.up.Close()
+	e.dns.Close()
+}
