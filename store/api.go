@@ -5,6 +5,7 @@ package store
 
 import (
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/agentvault/agent-vault/policy"
@@ -41,6 +42,7 @@ type Options struct {
 	LockTimeout time.Duration // how long to wait for the file lock (default 1 s)
 	KDF         KDFParams     // for a new store; zero means DefaultKDF
 	Now         func() time.Time
+	Logger      *slog.Logger // default slog.Default(); never given a secret
 }
 
 // Role is a user's role.
@@ -108,4 +110,3 @@ type AuditQuery struct {
 	Limit    int // default 100, at most 1000
 	Cursor   uint64
 }
-
