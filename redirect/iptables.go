@@ -122,21 +122,31 @@ func ensureJump(ipt *iptables.IPTables, j Rule) error {
 	if err != nil {
 		return fmt.Errorf("list %s %s %s: %w", j.Family, j.Table, j.Chain, err)
 	}
+	var at []int // rule numbers (1-based) of our jump
 	n := 0
 	for _, l := range lines {
+		if !strings.HasPrefix(l, "-A ") {
+			continue
+		}
+		n++
 		if l == want {
-			n++
+			at = append(at, n)
 		}
 	}
-	if n == 0 {
+	if len(at) == 0 || at[0] != 1 {
+		// Insert first, then remove the others: never a moment without it.
 		if err := ipt.Insert(j.Table, j.Chain, 1, j.Spec...); err != nil {
 			return fmt.Errorf("insert jump %s %s %q: %w", j.Family, j.Table, want, err)
 		}
-		return nil
+		for i := range at {
+			at[i]++
+		}
+	} else {
+		at = at[1:]
 	}
-	for ; n > 1; n-- {
-		if err := ipt.Delete(j.Table, j.Chain, j.Spec...); err != nil {
-			return fmt.Errorf("delete duplicate jump %s %s %q: %w", j.Family, j.Table, want, err)
+	for i := len(at) - 1; i >= 0; i-- {
+		if err := ipt.DeleteById(j.Table, j.Chain, at[i]); err != nil {
+			return fmt.Errorf("delete extra jump %s %s %q: %w", j.Family, j.Table, want, err)
 		}
 	}
 	return nil
