@@ -1,0 +1,267 @@
+package mitm
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agentvault/agent-vault/mitm/inject"
+	"github.com/agentvault/agent-vault/mitm/scrub"
+	"github.com/agentvault/agent-vault/policy"
+)
+
+type forwardKey struct{}
+
+// forward is one allowed request on its way upstream. It travels in the
+// request context from the handler through Rewrite, the transport's dial,
+// ModifyResponse and ErrorHandler.
+type forward struct {
+	svc     *policy.Service
+	secret  []byte
+	host    string // the bound name: SNI and outbound Host
+	port    int
+	tls     bool
+	dest    dest
+	log     *reqLog
+	forms   [][]byte // every encoding of every injected value, for scrubbing
+	injErr  error
+	errCode string
+}
+
+func forwardFrom(ctx context.Context) *forward {
+	f, _ := ctx.Value(forwardKey{}).(*forward)
+	return f
+}
+
+var (
+	errInject      = errors.New("the credential could not be attached")
+	errEncodedBody = errors.New("the upstream sent an encoded body that cannot be scrubbed")
+	errNoDest      = errors.New("no validated destination for this dial")
+)
+
+// newTransport is the one upstream transport. Its pool is keyed by
+// scheme and "name:port" (URL.Host carries the bound name, never an IP), so
+// a connection opened for one name is never reused for another; the
+// address dialled comes from the request's validated destination.
+func (b *Broker) newTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:       nil, // never an environment proxy
+		DialContext: b.dialUpstream,
+		TLSClientConfig: &tls.Config{
+			RootCAs:    b.cfg.UpstreamRoots,
+			MinVersion: tls.VersionTLS12,
+		},
+		TLSHandshakeTimeout:    10 * time.Second,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConns:           1024,
+		MaxIdleConnsPerHost:    256,
+		IdleConnTimeout:        90 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+	}
+}
+
+// dialUpstream dials only the addresses validated for the request's name.
+func (b *Broker) dialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
+	f := forwardFrom(ctx)
+	if f == nil {
+		return nil, errNoDest
+	}
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil || host != f.host || portStr != strconv.Itoa(f.port) {
+		return nil, fmt.Errorf("dial %s: %w", addr, errNoDest)
+	}
+	var lastErr error = errNoDest
+	for _, ip := range f.dest.ips {
+		c, err := b.dialer.DialContext(ctx, network, netip.AddrPortFrom(ip, uint16(f.port)).String())
+		if err == nil {
+			return c, nil
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+// guardTransport refuses to send a request whose credential could not be
+// attached (Rewrite cannot return an error).
+type guardTransport struct{ t http.RoundTripper }
+
+func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	f := forwardFrom(req.Context())
+	if f == nil {
+		return nil, errNoDest
+	}
+	if f.injErr != nil {
+		return nil, errInject
+	}
+	return g.t.RoundTrip(req)
+}
+
+func (b *Broker) newReverseProxy() *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite:        b.rewrite,
+		Transport:      guardTransport{b.transport},
+		FlushInterval:  -1,
+		BufferPool:     bufferPool{},
+		ModifyResponse: b.modifyResponse,
+		ErrorHandler:   b.upstreamError,
+		ErrorLog:       slog.NewLogLogger(b.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// rewrite points the outbound request at the bound name and injects the
+// credential. ReverseProxy has already removed hop-by-hop headers
+// (Proxy-Authorization included) and X-Forwarded-*/Forwarded.
+func (b *Broker) rewrite(pr *httputil.ProxyRequest) {
+	f := forwardFrom(pr.In.Context())
+	out := pr.Out
+	out.URL.Scheme = "http"
+	if f.tls {
+		out.URL.Scheme = "https"
+	}
+	out.URL.Host = net.JoinHostPort(f.host, strconv.Itoa(f.port))
+	out.URL.User = nil
+	out.Host = hostHeader(f.host, f.port, f.tls)
+	for k := range out.Header {
+		if strings.HasPrefix(k, "X-Agent-Vault-") {
+			delete(out.Header, k)
+		}
+	}
+	if f.svc.Auth.Kind == policy.AuthNone {
+		return // nothing injected: the agent's own headers pass
+	}
+	// Bodies must arrive decoded to be scrubbed: the transport asks for gzip
+	// itself and decodes it.
+	out.Header.Del("Accept-Encoding")
+	injected, err := inject.Apply(out, f.svc, f.secret)
+	if err != nil {
+		f.injErr = err
+		return
+	}
+	f.forms = scrub.Forms(append(injected, f.secret))
+}
+
+// modifyResponse scrubs every injected value from the response headers,
+// body and trailers, and drops Alt-Svc (the agent must stay on TCP).
+func (b *Broker) modifyResponse(resp *http.Response) error {
+	resp.Header.Del("Alt-Svc")
+	f := forwardFrom(resp.Request.Context())
+	if f == nil || len(f.forms) == 0 {
+		return nil
+	}
+	scrub.Header(resp.Header, f.forms)
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return nil // WebSocket frames are relayed unscrubbed (see doc.go)
+	}
+	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return errEncodedBody
+	}
+	resp.Body = scrub.Reader(&trailerScrubber{ReadCloser: resp.Body, resp: resp, forms: f.forms}, f.forms)
+	hasBody := resp.Request.Method != http.MethodHead && resp.StatusCode >= 200 &&
+		resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified
+	if hasBody {
+		// Redaction may change the length.
+		resp.Header.Del("Content-Length")
+		resp.ContentLength = -1
+	}
+	return nil
+}
+
+// trailerScrubber scrubs the trailers once the body is read to its end
+// (the transport fills them in then).
+type trailerScrubber struct {
+	io.ReadCloser
+	resp  *http.Response
+	forms [][]byte
+}
+
+func (t *trailerScrubber) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	if err == io.EOF && len(t.resp.Trailer) > 0 {
+		scrub.Header(t.resp.Trailer, t.forms)
+	}
+	return n, err
+}
+
+// upstreamError answers the agent when forwarding failed. Neither the
+// message nor the log line carries a secret: the error text is redacted
+// before logging and never sent to the agent.
+func (b *Broker) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	f := forwardFrom(r.Context())
+	host := ""
+	var forms [][]byte
+	if f != nil {
+		host, forms = f.host, f.forms
+		if len(forms) == 0 && len(f.secret) > 0 {
+			forms = scrub.Forms([][]byte{f.secret})
+		}
+	}
+	code, status, msg := CodeUpstreamError, http.StatusBadGateway, "the request to "+host+" failed"
+	var (
+		unknownCA *x509.UnknownAuthorityError
+		hostErr   x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		verify    *tls.CertificateVerificationError
+		opErr     *net.OpError
+	)
+	switch {
+	case errors.Is(err, errInject):
+		code, msg = CodeInjectionFailed, "the credential of service "+f.svc.Name+" could not be attached to this request"
+		if f.injErr != nil {
+			err = f.injErr
+		}
+	case errors.Is(err, errEncodedBody):
+		code, msg = CodeUnscrubbableEncode, "the upstream answered with a Content-Encoding the broker cannot scrub"
+	case errors.As(err, &verify), errors.As(err, &unknownCA), errors.As(err, &hostErr), errors.As(err, &invalid):
+		msg = "the upstream certificate for " + host + " could not be verified"
+	case errors.Is(err, errUpstreamForbidden):
+		msg = "the upstream address of " + host + " is in a range the broker does not forward to"
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		code, status, msg = "client_closed", 499, "the agent went away"
+	case errors.Is(err, context.DeadlineExceeded):
+		status, msg = http.StatusGatewayTimeout, "the upstream "+host+" did not answer in time"
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		msg = "could not connect to " + host
+	}
+	if f != nil {
+		f.errCode = code
+	}
+	b.log.Warn("upstream request failed", "host", host, "code", code, "err", redact(err.Error(), forms))
+	if status == 499 {
+		return // nobody to answer
+	}
+	writeAgentError(w, status, code, msg, "")
+}
+
+// redact replaces every form of a secret in s.
+func redact(s string, forms [][]byte) string {
+	for _, f := range forms {
+		if len(f) > 0 {
+			s = strings.ReplaceAll(s, string(f), "[REDACTED]")
+		}
+	}
+	return s
+}
+
+// bufferPool recycles ReverseProxy's copy buffers.
+type bufferPool struct{}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
