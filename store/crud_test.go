@@ -383,7 +383,10 @@ func TestEveryMutationIsAudited(t *testing.T) {
 		func() error { _, err := s.Setup("alice@example.com", "h"); return err },
 		func() error { _, err := s.CreateVault(alice, "prod"); return err },
 		func() error { _, err := s.SetCredential(alice, "prod", "token", []byte("v")); return err },
-		func() error { _, err := s.AddService(alice, bearer("prod", "api", "api.example.com", "token")); return err },
+		func() error {
+			_, err := s.AddService(alice, bearer("prod", "api", "api.example.com", "token"))
+			return err
+		},
 		func() error { _, err := s.CreateAgent(alice, policy.Agent{Name: "bot", Vault: "prod"}); return err },
 		func() error { return s.RevokeAgent(alice, "bot") },
 		func() error { return s.DeleteAgent(alice, "bot") },
