@@ -67,6 +67,7 @@ type Store struct {
 	path     string
 	aead     *sealer
 	insecure bool
+	created  bool // Open found no store in the file and is initializing it
 	now      func() time.Time
 	log      *slog.Logger
 
@@ -142,7 +143,8 @@ func Open(path string, opt Options) (*Store, error) {
 	}
 	if err := s.open(opt, isNew); err != nil {
 		_ = db.Close()
-		if isNew {
+		if s.created {
+			// only a file this call created and initialized is removed
 			_ = os.Remove(path)
 		}
 		return nil, err
@@ -203,6 +205,7 @@ func (s *Store) open(opt Options, isNew bool) error {
 		if !opt.Insecure && len(opt.Password) == 0 {
 			return fmt.Errorf("create store %s: %w (or choose passwordless demo mode)", s.path, ErrPasswordRequired)
 		}
+		s.created = isNew
 		return s.initialize(opt)
 	}
 	if schema > SchemaVersion {
@@ -286,6 +289,7 @@ func (s *Store) Close() error {
 	close(s.queue)
 	s.closeMu.Unlock()
 	<-s.writerDone
+	s.secrets.Store(&secretMap{}) // a closed store serves no secret
 	s.changed.closeAll()
 	s.audited.closeAll()
 	if err := s.db.Close(); err != nil {

@@ -49,6 +49,9 @@ func TestOpenCreatesPrivateFileAndPersists(t *testing.T) {
 	if _, err := s.Vaults(); err == nil {
 		t.Fatal("a closed store still answers")
 	}
+	if _, ok := s.Secret("prod", "token"); ok {
+		t.Fatal("a closed store still serves secrets")
+	}
 
 	s = openTest(t, path, testOptions())
 	if v, ok := s.Secret("prod", "token"); !ok || string(v) != "persist-me" {
