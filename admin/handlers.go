@@ -278,14 +278,11 @@ func parseSources(in []string) ([]netip.Prefix, error) {
 		pfx, err := netip.ParsePrefix(s)
 		if err != nil {
 			addr, aerr := netip.ParseAddr(s)
-			if aerr != nil {
+			if aerr != nil || addr.Zone() != "" {
 				return nil, errorf(http.StatusBadRequest, api.CodeInvalid,
-					fmt.Sprintf("invalid source %q: use a CIDR like 10.0.0.5/32 or fd00::/64, or an address", s))
+					fmt.Sprintf("invalid source %q: use a CIDR like 10.0.0.5/32 or fd00::/64, or an address (no zone)", s))
 			}
 			pfx = netip.PrefixFrom(addr, addr.BitLen())
-		}
-		if pfx.Addr().Zone() != "" {
-			return nil, errorf(http.StatusBadRequest, api.CodeInvalid, fmt.Sprintf("invalid source %q: no zone", s))
 		}
 		pfx = netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()-unmapBits(pfx)).Masked()
 		if pfx.Bits() == 0 {
@@ -312,7 +309,8 @@ func unmapBits(p netip.Prefix) int {
 }
 
 // cleanCgroup checks a cgroup path below the cgroup2 mount and returns it in
-// canonical form ("/agents.slice/x"); "" stays "".
+// the store's canonical form, without leading or trailing slashes
+// ("agents.slice/x"); "" stays "".
 func cleanCgroup(cg string) (string, error) {
 	if cg == "" {
 		return "", nil
@@ -331,8 +329,8 @@ func cleanCgroup(cg string) (string, error) {
 			return "", bad("'.' and '..' are not allowed; give the path below the cgroup2 mount")
 		}
 	}
-	c := path.Clean("/" + cg)
-	if c == "/" {
+	c := strings.Trim(path.Clean("/"+cg), "/")
+	if c == "" {
 		return "", bad("the root cgroup would make every process this agent")
 	}
 	return c, nil

@@ -65,6 +65,9 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 // BaseURL returns the server address in canonical form.
 func (c *Client) BaseURL() string { return c.base.String() }
 
+// Token returns the session token the client sends ("" when none).
+func (c *Client) Token() string { return c.token }
+
 // SetToken replaces the session token.
 func (c *Client) SetToken(token string) { c.token = token }
 

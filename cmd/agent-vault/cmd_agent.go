@@ -35,8 +35,8 @@ the cgroup2 mount (shape L, local). Agent names are unique across vaults.`,
 				p, err := netip.ParsePrefix(strings.TrimSpace(s))
 				if err != nil {
 					addr, aerr := netip.ParseAddr(strings.TrimSpace(s))
-					if aerr != nil {
-						return usagef("--source %q: use a CIDR like 10.0.0.5/32 or an address", s)
+					if aerr != nil || addr.Zone() != "" {
+						return usagef("--source %q: use a CIDR like 10.0.0.5/32 or an address (no zone)", s)
 					}
 					p = netip.PrefixFrom(addr, addr.BitLen())
 				}
