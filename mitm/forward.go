@@ -171,14 +171,8 @@ func (b *Broker) modifyResponse(resp *http.Response) error {
 	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 		return errEncodedBody
 	}
+	// Redaction keeps lengths (mitm/scrub), so Content-Length stays valid.
 	resp.Body = scrub.Reader(&trailerScrubber{ReadCloser: resp.Body, resp: resp, forms: f.forms}, f.forms)
-	hasBody := resp.Request.Method != http.MethodHead && resp.StatusCode >= 200 &&
-		resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified
-	if hasBody {
-		// Redaction may change the length.
-		resp.Header.Del("Content-Length")
-		resp.ContentLength = -1
-	}
 	return nil
 }
 
