@@ -102,7 +102,9 @@ func (o *operator) run(wantCode int, stdin string, env []string, args ...string)
 	return r
 }
 
-func (o *operator) ok(stdin string, args ...string) string { return o.run(0, stdin, nil, args...).Stdout }
+func (o *operator) ok(stdin string, args ...string) string {
+	return o.run(0, stdin, nil, args...).Stdout
+}
 
 func (o *operator) json(v any, args ...string) {
 	o.t.Helper()
