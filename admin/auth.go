@@ -187,6 +187,12 @@ func (s *Server) startSession(u store.User) (api.SessionToken, error) {
 	if err := s.cfg.Store.CreateSession(sess); err != nil {
 		return api.SessionToken{}, fmt.Errorf("create session: %w", err)
 	}
+	// expired sessions are refused on use; drop them now and then
+	if n, err := s.cfg.Store.DeleteExpiredSessions(); err != nil {
+		s.log.Warn("admin cannot remove expired sessions", "err", err)
+	} else if n > 0 {
+		s.log.Info("admin removed expired sessions", "count", n)
+	}
 	return api.SessionToken{Token: tok, Email: u.Email, Role: string(u.Role), ExpiresAt: sess.ExpiresAt}, nil
 }
 

@@ -27,6 +27,7 @@ type Store interface {
 	CreateSession(sess store.Session) error
 	Session(tokenHash [32]byte) (store.Session, error)
 	DeleteSession(tokenHash [32]byte) error
+	DeleteExpiredSessions() (int, error)
 
 	CreateVault(actor audit.Actor, name string) (store.Vault, error)
 	Vaults() ([]store.Vault, error)
