@@ -38,6 +38,7 @@ type forward struct {
 	forms   [][]byte // every encoding of every injected value, for scrubbing
 	injErr  error
 	errCode string
+	status  int // the upstream's status, seen in ModifyResponse
 }
 
 func forwardFrom(ctx context.Context) *forward {
@@ -161,7 +162,11 @@ func (b *Broker) rewrite(pr *httputil.ProxyRequest) {
 func (b *Broker) modifyResponse(resp *http.Response) error {
 	resp.Header.Del("Alt-Svc")
 	f := forwardFrom(resp.Request.Context())
-	if f == nil || len(f.forms) == 0 {
+	if f == nil {
+		return nil
+	}
+	f.status = resp.StatusCode
+	if len(f.forms) == 0 {
 		return nil
 	}
 	scrub.Header(resp.Header, f.forms)

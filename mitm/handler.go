@@ -209,6 +209,9 @@ func (b *Broker) handle(w http.ResponseWriter, r *http.Request, st *connState) {
 	cw := &countingWriter{ResponseWriter: w}
 	aborted := b.forward(cw, r.WithContext(context.WithValue(r.Context(), forwardKey{}, f)))
 	rl.status, rl.bytes = cw.code(), cw.n
+	if cw.status == 0 && f.status == http.StatusSwitchingProtocols {
+		rl.status = f.status // ReverseProxy wrote the 101 on the hijacked connection
+	}
 	if f.errCode != "" {
 		rl.code = f.errCode
 	}

@@ -214,7 +214,10 @@ func (b *Broker) decide(hello *tls.ClientHelloInfo, st *connState) (*tls.Config,
 		// An inactive agent, or a name without a service, still completes
 		// the handshake so the agent can read a 403 that says why; nothing is
 		// sent upstream on such a connection.
-		if ok && a.Active(b.now()) && snap.HostAllowed(a.Vault, name) {
+		// A tunnel's upstream is resolved at its first request, where a
+		// refusal can be answered readably; a transparent connection's
+		// original destination is checked here, before anything else.
+		if st.kind == kindTransparentTLS && ok && a.Active(b.now()) && snap.HostAllowed(a.Vault, name) {
 			if err := b.bind(hello.Context(), st); err != nil {
 				var be *bindError
 				if errors.As(err, &be) {

@@ -1,0 +1,5 @@
+//go:build !race
+
+package mitm
+
+const raceEnabled = false
