@@ -87,8 +87,9 @@ func TestSecretConcurrentWritesLandInCommitOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	stop := make(chan struct{})
+	stop, readerDone := make(chan struct{}), make(chan struct{})
 	go func() { // a reader on the hot path meanwhile
+		defer close(readerDone)
 		for {
 			select {
 			case <-stop:
@@ -109,11 +110,12 @@ func TestSecretConcurrentWritesLandInCommitOrder(t *testing.T) {
 	}
 	wg.Wait()
 	close(stop)
+	<-readerDone
 	// reopen decrypts from disk: the cache must agree with it
 	cached, _ := s.Secret("prod", "k")
 	mustClose(t, s)
-	s = openTest(t, s.path, testOptions())
-	disk, _ := s.Secret("prod", "k")
+	s2 := openTest(t, s.path, testOptions())
+	disk, _ := s2.Secret("prod", "k")
 	if string(cached) != string(disk) {
 		t.Fatalf("cache held %q, disk holds %q", cached, disk)
 	}
