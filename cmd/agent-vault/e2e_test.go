@@ -286,6 +286,14 @@ func TestOperatorEndToEnd(t *testing.T) {
 	if fileDigest(t, dbPath) != before {
 		t.Fatal("a start with the wrong password changed the store file")
 	}
+	insecure := exec.Command(bin, "server", "--data-dir", srv.DataDir, "--admin-addr", "127.0.0.1:0", "--insecure-no-master-password")
+	insecure.Env = append(os.Environ(), "AGENT_VAULT_TEST_KDF=fast")
+	if out, err := insecure.CombinedOutput(); exitCode(err) != 1 || !strings.Contains(string(out), "is encrypted and needs its master password") {
+		t.Fatalf("encrypted store opened passwordless: exit %d: %s", exitCode(err), out)
+	}
+	if fileDigest(t, dbPath) != before {
+		t.Fatal("a passwordless start changed the encrypted store file")
+	}
 
 	// the sentinel appears nowhere: CLI output, server logs, the store file
 	for name, text := range map[string]string{"CLI output": o.out.String(), "text log": textLog, "json log": jsonLog, "failed starts": string(out)} {
@@ -396,5 +404,52 @@ func TestDetachAndStop(t *testing.T) {
 	}
 	if _, ok := runningPid(data); ok {
 		t.Fatal("a server runs after a failed -d")
+	}
+}
+
+// TestPasswordModes: passwordless mode is announced loudly; a passwordless
+// store refuses a password and vice versa; no password at all on a
+// non-terminal is a usage error.
+func TestPasswordModes(t *testing.T) {
+	o := newOperator(t, t.TempDir())
+	o.srv.Env = []string{"AGENT_VAULT_TEST_KDF=fast"}
+	o.start("--insecure-no-master-password")
+	o.ok("owner password 1\n", "setup", "--email", "owner@example.com")
+	var h struct {
+		Insecure bool `json:"insecure"`
+	}
+	resp, err := http.Get("http://" + o.srv.AdminAddr + "/api/v1/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&h)
+	resp.Body.Close()
+	if !h.Insecure {
+		t.Fatal("health does not say the store is passwordless")
+	}
+	o.stop()
+	if !strings.Contains(o.srv.Log(), "RUNNING WITHOUT A MASTER PASSWORD") {
+		t.Fatalf("passwordless mode not announced in capitals:\n%s", o.srv.Log())
+	}
+	server := func(env []string, args ...string) (string, int) {
+		cmd := exec.Command(bin, append([]string{"server", "--data-dir", o.srv.DataDir, "--admin-addr", "127.0.0.1:0"}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		cmd.Stdin = strings.NewReader("")
+		out, err := cmd.CombinedOutput()
+		return string(out), exitCode(err)
+	}
+	if out, code := server([]string{"AGENT_VAULT_MASTER_PASSWORD=" + masterPW}); code != 1 || !strings.Contains(out, "created without a master password") {
+		t.Fatalf("password on a passwordless store: exit %d: %s", code, out)
+	}
+	fresh := filepath.Join(t.TempDir(), "fresh")
+	cmd := exec.Command(bin, "server", "--data-dir", fresh, "--admin-addr", "127.0.0.1:0")
+	cmd.Env = withoutEnv(os.Environ(), "AGENT_VAULT_MASTER_PASSWORD")
+	cmd.Stdin = strings.NewReader("")
+	out, err := cmd.CombinedOutput()
+	if code := exitCode(err); code != 2 || !strings.Contains(string(out), "needs a master password") {
+		t.Fatalf("no password at all: exit %d: %s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(fresh, storeFile)); !os.IsNotExist(err) {
+		t.Fatalf("a refused start created a store: %v", err)
 	}
 }
