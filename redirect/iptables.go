@@ -157,7 +157,12 @@ func ensureJump(ipt *iptables.IPTables, j Rule) error {
 // families, and nothing else. It is what --cleanup and the start of a run
 // call; it succeeds when there is nothing to remove. A family whose
 // iptables binary is missing is skipped (nothing of ours can be there).
-func Cleanup() error {
+func Cleanup() error { return CleanupExcept(Plan{}) }
+
+// CleanupExcept is Cleanup sparing the chains of keep (and the jumps to
+// them): at start, a mode that is about to re-Apply the same chains keeps
+// the previous run's rules (fail closed) and only removes the rest.
+func CleanupExcept(keep Plan) error {
 	var errs []error
 	for _, f := range []Family{IPv4, IPv6} {
 		ipt, err := newIPT(f)
@@ -169,7 +174,7 @@ func Cleanup() error {
 			continue
 		}
 		for _, table := range cleanupTables {
-			if err := cleanupTable(ipt, f, table); err != nil {
+			if err := cleanupTable(ipt, f, table, keep); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -181,7 +186,16 @@ func Cleanup() error {
 // and removing leftovers of a crashed run are the same operation.
 func Revert() error { return Cleanup() }
 
-func cleanupTable(ipt *iptables.IPTables, f Family, table string) error {
+func (p Plan) hasChain(f Family, table, name string) bool {
+	for _, c := range p.Chains {
+		if c.Family == f && c.Table == table && c.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func cleanupTable(ipt *iptables.IPTables, f Family, table string, keep Plan) error {
 	chains, err := ipt.ListChains(table)
 	if err != nil {
 		// A table the kernel does not offer holds nothing of ours.
@@ -189,7 +203,7 @@ func cleanupTable(ipt *iptables.IPTables, f Family, table string) error {
 	}
 	var ours []string
 	for _, c := range chains {
-		if strings.HasPrefix(c, ChainPrefix) {
+		if strings.HasPrefix(c, ChainPrefix) && !keep.hasChain(f, table, c) {
 			ours = append(ours, c)
 		}
 	}
@@ -204,7 +218,7 @@ func cleanupTable(ipt *iptables.IPTables, f Family, table string) error {
 		}
 		for _, l := range lines {
 			args, ok := jumpToOurs(l, c)
-			if !ok {
+			if !ok || keep.hasChain(f, table, args[len(args)-1]) {
 				continue
 			}
 			if err := ipt.Delete(table, c, args...); err != nil {
@@ -266,4 +280,52 @@ func splitRule(s string) []string {
 		out = append(out, cur.String())
 	}
 	return out
+}
+
+// RemovePlan removes the jump rules and the chains of one plan, and nothing
+// else (Local.Close uses it for its backstop).
+func RemovePlan(p Plan) error {
+	var errs []error
+	for _, f := range []Family{IPv4, IPv6} {
+		if !p.has(f) {
+			continue
+		}
+		ipt, err := newIPT(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, j := range p.Jumps {
+			if j.Family != f {
+				continue
+			}
+			for i := 0; i < 16; i++ { // bounded: duplicates are few
+				ok, err := ipt.Exists(j.Table, j.Chain, j.Spec...)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("check jump %s %s %s: %w", f, j.Table, j.Chain, err))
+					break
+				}
+				if !ok {
+					break
+				}
+				if err := ipt.Delete(j.Table, j.Chain, j.Spec...); err != nil {
+					errs = append(errs, fmt.Errorf("delete jump %s %s %s: %w", f, j.Table, j.Chain, err))
+					break
+				}
+			}
+		}
+		for _, c := range p.Chains {
+			if c.Family != f {
+				continue
+			}
+			ok, err := ipt.ChainExists(c.Table, c.Name)
+			if err == nil && ok {
+				err = ipt.ClearAndDeleteChain(c.Table, c.Name)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("delete chain %s %s %s: %w", f, c.Table, c.Name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
