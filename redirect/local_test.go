@@ -20,10 +20,10 @@ import (
 
 func TestCgroup2MountParsing(t *testing.T) {
 	for line, want := range map[string]string{
-		"41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw":               "/sys/fs/cgroup/unified",
-		"30 23 0:27 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate":     "/sys/fs/cgroup",
-		`50 23 0:40 / /mnt/with\040space rw - cgroup2 none rw`:                                "/mnt/with space",
-		"32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu":                  "",
+		"41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw":                  "/sys/fs/cgroup/unified",
+		"30 23 0:27 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate":        "/sys/fs/cgroup",
+		`50 23 0:40 / /mnt/with\040space rw - cgroup2 none rw`:                                  "/mnt/with space",
+		"32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu":                    "",
 		"33 31 0:30 / /sys/fs/cgroup/cgroup2-lookalike rw,relatime - tmpfs cgroup2 rw,mode=755": "",
 	} {
 		got, ok := cgroup2FromMountinfo(line)
