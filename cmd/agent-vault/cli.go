@@ -86,10 +86,15 @@ func execute(ctx context.Context, a *app, args []string) int {
 // isCobraUsageError recognises cobra's own usage errors (unknown commands,
 // flags, bad flag values, wrong argument counts), which are plain errors.
 func isCobraUsageError(err error) bool {
+	var he *hintError
+	var ae *client.APIError
+	if errors.As(err, &he) || errors.As(err, &ae) {
+		return false
+	}
 	msg := err.Error()
 	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "invalid argument",
 		"flag needs an argument", "required flag", "accepts ", "requires at least", "bad flag syntax"} {
-		if strings.HasPrefix(msg, p) || strings.Contains(msg, " "+p) {
+		if strings.HasPrefix(msg, p) {
 			return true
 		}
 	}
