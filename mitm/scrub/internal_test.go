@@ -1,0 +1,46 @@
+package scrub
+
+import (
+	"bytes"
+	"io"
+	"testing"
+	"testing/iotest"
+)
+
+// TestHeldTailBounded checks after every Read that the reader holds at most
+// the longest form minus one byte and never grows its buffer.
+func TestHeldTailBounded(t *testing.T) {
+	secret := []byte("tok_SENTINEL_abcdefghijklmnop")
+	s := New(Forms([][]byte{secret}))
+	var in []byte
+	for i := range 2000 {
+		in = append(in, "some text "...)
+		in = append(in, secret[:i%len(secret)]...) // many partial starts
+		if i%7 == 0 {
+			in = append(in, secret...)
+		}
+	}
+	r := s.Reader(io.NopCloser(iotest.HalfReader(bytes.NewReader(in)))).(*reader)
+	size := len(r.buf)
+	p := make([]byte, 777)
+	total := 0
+	for {
+		n, err := r.Read(p)
+		total += n
+		if held := r.n - r.safe; held > s.MaxHold() {
+			t.Fatalf("holds %d bytes, bound is %d", held, s.MaxHold())
+		}
+		if len(r.buf) != size || cap(r.buf) != size {
+			t.Fatal("buffer grew")
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if total != len(in) {
+		t.Fatalf("read %d of %d bytes", total, len(in))
+	}
+}

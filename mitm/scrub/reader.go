@@ -1,0 +1,121 @@
+package scrub
+
+import (
+	"bytes"
+	"io"
+)
+
+// readChunk is how much a reader asks its source for at once (plus room for
+// the held tail).
+const readChunk = 32 << 10
+
+// maxEmptyReads bounds how often a source may return nothing without an
+// error before Read gives up with io.ErrNoProgress.
+const maxEmptyReads = 100
+
+// reader redacts forms from a stream. Its buffer holds:
+//
+//	buf[:rpos]      emitted
+//	buf[rpos:safe]  processed (markers written), ready to emit
+//	buf[safe:n]     held: could be the start of a form; scanned again
+//	                once more bytes arrive
+//
+// The first pending bytes of the held part belong to an occurrence that
+// started in an emitted part and must be masked when emitted.
+type reader struct {
+	s       *Scrubber
+	src     io.ReadCloser
+	buf     []byte
+	rpos    int
+	safe    int
+	n       int
+	pending int
+	err     error // from src, returned once the buffer is drained
+	ivs     []interval
+}
+
+func (r *reader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for empty := 0; ; {
+		if r.rpos < r.safe {
+			k := copy(p, r.buf[r.rpos:r.safe])
+			r.rpos += k
+			return k, nil
+		}
+		if r.err != nil {
+			return 0, r.err
+		}
+		// move the held tail to the front and read after it
+		r.n = copy(r.buf, r.buf[r.safe:r.n])
+		r.rpos, r.safe = 0, 0
+		m, err := r.src.Read(r.buf[r.n:])
+		r.n += m
+		switch {
+		case err == io.EOF:
+			r.process(true)
+			r.err = io.EOF
+		case err != nil:
+			// The stream is broken: emit what is safe and drop the held
+			// tail, which may be the start of a secret.
+			r.process(false)
+			r.n = r.safe
+			r.err = err
+		case m == 0:
+			if empty++; empty >= maxEmptyReads {
+				return 0, io.ErrNoProgress
+			}
+		default:
+			empty = 0
+			r.process(false)
+		}
+	}
+}
+
+// process scans buf[:n], decides how much is safe to emit and masks it.
+func (r *reader) process(final bool) {
+	w := r.buf[:r.n]
+	safe := len(w)
+	if !final {
+		safe = r.s.heldFrom(w)
+	}
+	ivs := r.ivs[:0]
+	if r.pending > 0 {
+		ivs = append(ivs, interval{0, min(r.pending, len(w))})
+	}
+	ivs = r.s.find(w, safe, ivs)
+	if r.pending > 0 {
+		ivs = mergeIntervals(ivs, 0)
+	}
+	maskIntervals(w, ivs, safe)
+	r.pending = 0
+	for _, iv := range ivs {
+		if iv.hi > safe {
+			r.pending = max(r.pending, iv.hi-safe)
+		}
+	}
+	r.ivs = ivs[:0]
+	r.safe = safe
+}
+
+// heldFrom returns the first position of w's tail that could start a form
+// not yet complete (w[p:] a proper prefix of a form), or len(w).
+func (s *Scrubber) heldFrom(w []byte) int {
+	for p := max(0, len(w)-s.maxLen+1); p < len(w); p++ {
+		c := w[p]
+		if s.first[c>>6]&(1<<(c&63)) == 0 {
+			continue
+		}
+		rest := w[p:]
+		for _, f := range s.forms {
+			if len(rest) < len(f) && bytes.HasPrefix(f, rest) {
+				return p
+			}
+		}
+	}
+	return len(w)
+}
+
+// Close closes the source.
+func (r *reader) Close() error { return r.src.Close() }
