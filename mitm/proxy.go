@@ -55,9 +55,13 @@ func (b *Broker) serveProxy(w http.ResponseWriter, r *http.Request) {
 		b.proxyDeny(w, r, agent, http.StatusBadRequest, CodeBadRequest, "bad_target", "the request URL's host is malformed", "")
 		return
 	}
-	if _, err := netip.ParseAddr(host); err == nil || (host != policy.ReservedHost && policy.ValidHostName(host) != nil) {
+	if _, err := netip.ParseAddr(host); err == nil {
 		b.proxyDeny(w, r, agent, http.StatusForbidden, CodeNoService, "ip_literal",
 			"requests are allowed by host name, not by address", proposalHint(host))
+		return
+	}
+	if !validSNI(host) {
+		b.proxyDeny(w, r, agent, http.StatusBadRequest, CodeBadRequest, "bad_target", "the request URL's host is not a valid host name", "")
 		return
 	}
 	st := &connState{kind: kindProxyPlain, agent: agent.Name, peer: peer, name: host, port: port}
@@ -165,7 +169,7 @@ func (b *Broker) handleConnect(w http.ResponseWriter, r *http.Request, tc *track
 			"CONNECT by address is not allowed: connect by host name", proposalHint(host))
 		return
 	}
-	if host != policy.ReservedHost && policy.ValidHostName(host) != nil {
+	if !validSNI(host) {
 		b.proxyDeny(w, r, agent, http.StatusBadRequest, CodeBadRequest, "bad_target",
 			"the CONNECT host is not a valid host name", "")
 		return

@@ -202,10 +202,8 @@ func (b *Broker) decide(hello *tls.ClientHelloInfo, st *connState) (*tls.Config,
 	case st.agent == "":
 		return deny("agent_unknown")
 	}
-	if name != policy.ReservedHost {
-		if err := policy.ValidHostName(name); err != nil {
-			return deny("invalid_sni")
-		}
+	if !validSNI(name) {
+		return deny("invalid_sni")
 	}
 	st.name = name
 	if name != policy.ReservedHost {
@@ -324,4 +322,35 @@ func containsAddr(list []netip.Addr, a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// validSNI accepts a DNS name of letters, digits, '-' and '.', without empty
+// labels, and not an IP address. Single-label names ("localhost") pass: no
+// service can be declared for one, so they end in 403 no_service.
+func validSNI(name string) bool {
+	if name == "" || len(name) > 253 {
+		return false
+	}
+	if _, err := netip.ParseAddr(name); err == nil {
+		return false
+	}
+	label := 0
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
+			label++
+			if label > 63 {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return label > 0
 }
