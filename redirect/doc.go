@@ -8,6 +8,21 @@
 // keyed by the connection's 4-tuple for eBPF). It also owns the bypass mark
 // the broker puts on its own upstream sockets (MarkControl).
 //
+// Local mode hands the original destination over through a BPF map keyed by
+// the 4-tuple, not through a cgroup/getsockopt program answering
+// SO_ORIGINAL_DST: such a program would have to be attached to the
+// broker's own cgroup (the accepted socket lives there), not only to the
+// agents', and SO_ORIGINAL_DST has no room for the agent's cgroup id. So the
+// broker gets the lookup function matching the mode from cmd: OriginalDst
+// (gateway) or (*Local).OriginalDst (local), and for UDP DNS in local mode
+// (*Local).DNSOrigin.
+//
+// The netns pitfall: a cgroup hook's rewritten address is interpreted in
+// the socket's own network namespace. The programs deny every socket whose
+// network namespace is not the one AttachCgroup was called in, so an agent
+// in a container with its own netns fails closed instead of reaching its
+// own loopback.
+//
 // It may import bpf (ours) plus the standard library, golang.org/x/sys,
 // github.com/coreos/go-iptables and github.com/cilium/ebpf; it must not
 // import mitm, store, admin or dnsproxy.

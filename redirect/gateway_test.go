@@ -186,6 +186,28 @@ func TestGatewayCapture(t *testing.T) {
 		}
 	})
 
+	t.Run("cleanup except keeps the live plan and removes stale chains", func(t *testing.T) {
+		for _, args := range [][]string{
+			{"iptables", "-N", "AV-STALE"},
+			{"iptables", "-A", "AV-STALE", "-j", "DROP"},
+			{"iptables", "-I", "OUTPUT", "-p", "tcp", "-j", "AV-STALE"},
+			{"ip6tables", "-t", "mangle", "-N", "AV-OLD"},
+		} {
+			if out, err := gw.Command(context.Background(), args[0], args[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %v: %s", args, err, out)
+			}
+		}
+		if err := gw.Do(func() error { return CleanupExcept(plan) }); err != nil {
+			t.Fatalf("cleanup except: %v", err)
+		}
+		if got := saveRules(t, gw, "iptables-save"); got != first4 {
+			t.Errorf("v4 after CleanupExcept:\n%s\nwant\n%s", got, first4)
+		}
+		if got := saveRules(t, gw, "ip6tables-save"); strings.Contains(got, "AV-OLD") {
+			t.Errorf("v6 after CleanupExcept still has AV-OLD:\n%s", got)
+		}
+	})
+
 	t.Run("cleanup leaves no trace and nothing else changed", func(t *testing.T) {
 		if err := gw.Do(Cleanup); err != nil {
 			t.Fatalf("cleanup: %v", err)
@@ -224,4 +246,35 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("timed out waiting for %s", what)
+}
+
+// With IPv6 off, the agents' IPv6 traffic is dropped entirely (fail
+// closed) while IPv4 is still captured.
+func TestGatewayIPv6OffFailsClosed(t *testing.T) {
+	requireGatewayTools(t)
+	topo := netns.NewTopology(t)
+	gw, agent, nett := topo.GW, topo.Agent, topo.Net
+	echo := &origEcho{}
+	go echo.serve(listenIn(t, gw, "tcp", ":14323"), func(c net.Conn) (string, error) {
+		o, err := OriginalDst(c)
+		return o.String(), err
+	})
+	quiet := &canary{}
+	go quiet.serveTCP(listenIn(t, nett, "tcp", "[fd77:2::2]:443"))
+	cfg := GatewayConfig{Ifaces: []string{topo.GWAgentIface}, TransparentPort: gwTransparent, DNSPort: gwDNS, AdminPort: gwAdmin}
+	if err := gw.Do(func() error { return Apply(GatewayPlan(cfg)) }); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	t.Cleanup(func() { gw.Do(Cleanup) })
+	if out, err := agent.Command(context.Background(), "curl", "-sS", "--max-time", "5", "http://10.77.2.2:443/").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "orig=10.77.2.2:443" {
+		t.Errorf("v4 curl = %q, %v", out, err)
+	}
+	for _, addr := range []string{"[fd77:2::2]:443", "[fd77:1::1]:14323"} {
+		if err := dialFrom(agent, "tcp", addr, 400*time.Millisecond); err == nil {
+			t.Errorf("agent reached %s over IPv6 with IPv6 off", addr)
+		}
+	}
+	if n := quiet.conns.Load(); n != 0 {
+		t.Errorf("net side saw %d IPv6 connections", n)
+	}
 }

@@ -95,8 +95,25 @@ func runIn(ns *netns.NS, cg *os.File, name string, args ...string) (string, erro
 	return strings.TrimSpace(out.String()), err
 }
 
+// mappedClient connects an AF_INET6 socket to argv[1]:argv[2], sends an
+// HTTP request and prints the response.
+const mappedClient = `
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.settimeout(5)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print(data.decode().strip())
+`
+
 func TestLocalCapture(t *testing.T) {
-	netns.RequirePrivileged(t, "ip", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "curl", "dig")
+	netns.RequirePrivileged(t, "ip", "python3", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "curl", "dig")
 	ns := netns.New(t, "local")
 	// The "internet" inside this namespace only: real listeners on
 	// addresses on lo, so a connection that escapes capture lands there.
@@ -177,6 +194,12 @@ func TestLocalCapture(t *testing.T) {
 			if err != nil || out != tc.want {
 				t.Errorf("curl %s in the cgroup = %q, %v; want %q", tc.url, out, err, tc.want)
 			}
+		}
+		// An IPv6 socket connecting to an IPv4-mapped address goes
+		// through connect6 and the IPv4 listener.
+		out, err := runIn(ns, cgFD, "python3", "-c", mappedClient, "::ffff:10.77.9.9", "443")
+		if want := fmt.Sprintf("orig=10.77.9.9:443 cg=%d", cgID); err != nil || !strings.HasSuffix(out, want) {
+			t.Errorf("v4-mapped connect from an IPv6 socket = %q, %v; want %q", out, err, want)
 		}
 		if n := real.conns.Load(); n != 0 {
 			t.Errorf("the real destination saw %d connections from the cgroup", n)
