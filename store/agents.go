@@ -195,11 +195,9 @@ func (s *Store) DeleteAgent(actor audit.Actor, name string) error {
 	return nil
 }
 
-// Snapshot reads vaults, services and agents into an immutable policy
-// snapshot (agent CgroupID is left for the caller to resolve). Its version
-// is the store's change counter, read in the same transaction, so equal
-// versions mean equal contents.
-func (s *Store) Snapshot() (*policy.Snapshot, error) {
+// SnapshotInput reads vaults, services and agents, in one read transaction,
+// as the input of a policy snapshot.
+func (s *Store) SnapshotInput() (policy.Input, error) {
 	var in policy.Input
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if v := bucket(tx, bucketMeta).Get(metaPolicyVersion); len(v) == 8 {
@@ -233,7 +231,18 @@ func (s *Store) Snapshot() (*policy.Snapshot, error) {
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("build policy snapshot: %w", err)
+		return policy.Input{}, fmt.Errorf("build policy snapshot: %w", err)
+	}
+	return in, nil
+}
+
+// Snapshot reads vaults, services and agents into an immutable policy
+// snapshot (agent CgroupID is left for the caller to resolve: use
+// SnapshotInput, adjust, then policy.NewSnapshot).
+func (s *Store) Snapshot() (*policy.Snapshot, error) {
+	in, err := s.SnapshotInput()
+	if err != nil {
+		return nil, err
 	}
 	return policy.NewSnapshot(in), nil
 }
