@@ -5,13 +5,16 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptrace"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agentvault/agent-vault/audit"
+	"github.com/agentvault/agent-vault/policy"
 )
 
 // The core witness: the upstream receives the real credential (and not the
@@ -291,4 +294,85 @@ func TestLeafIsForTheSNI(t *testing.T) {
 	if err := cs.PeerCertificates[0].VerifyHostname("api.example.test"); err != nil {
 		t.Error(err)
 	}
+}
+
+// The snapshot is loaded per request: removing a service denies the next
+// request on the same keep-alive connection.
+func TestPolicyChangeAppliesToTheNextRequest(t *testing.T) {
+	e := newEnv(t)
+	c := e.transparentClient(true)
+	var reused []bool
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = append(reused, i.Reused) }}
+	get := func() *http.Response {
+		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", e.url("api.example.test", "/echo"), nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	resp := get()
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatal(resp.Status)
+	}
+	e.setPolicy(func(in *policy.Input) { in.Services = in.Services[1:] }) // drop "api"
+	expectError(t, get(), 403, CodeNoService)
+	if len(reused) != 2 || !reused[1] {
+		t.Fatalf("not the same connection: %v", reused)
+	}
+	if len(e.up.received()) != 1 {
+		t.Fatalf("upstream received %d", len(e.up.received()))
+	}
+}
+
+// One structured log line per request, with stable keys.
+func TestOneLogLinePerRequest(t *testing.T) {
+	e := newEnv(t)
+	c := e.proxyClient(agentToken, false)
+	for _, host := range []string{"api.example.test", "other.example.test"} {
+		resp, err := c.Get(e.url(host, "/echo"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	var lines []map[string]any
+	for _, l := range strings.Split(e.logs.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "request" {
+			lines = append(lines, m)
+		}
+	}
+	if len(lines) != 2 {
+		t.Fatalf("%d request log lines, want 2:\n%s", len(lines), e.logs.String())
+	}
+	if lines[0]["decision"] != "allow" || lines[0]["service"] != "api" || lines[0]["status"] != float64(200) || lines[0]["agent"] != "agent1" {
+		t.Errorf("allow line %v", lines[0])
+	}
+	if lines[1]["decision"] != "deny" || lines[1]["code"] != CodeNoService || lines[1]["status"] != float64(403) {
+		t.Errorf("deny line %v", lines[1])
+	}
+}
+
+// Shutdown lets a request run until its deadline, then cuts it; nothing
+// leaks (goleak checks the whole package at exit).
+func TestShutdownCutsLongStreams(t *testing.T) {
+	e := newEnv(t)
+	resp, err := e.proxyClient(agentToken, true).Get(e.url("api.example.test", "/sse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := e.b.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("shutdown: %v, want deadline exceeded", err)
+	}
+	if _, err := io.ReadAll(resp.Body); err == nil {
+		t.Fatal("the stream survived shutdown")
+	}
+	waitFor(t, "completion row", func() bool { return len(e.sink.find(ActionRequestComplete, "")) == 1 })
 }
