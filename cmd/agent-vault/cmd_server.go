@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -233,14 +232,5 @@ func (a *app) resolvePassword(cfg *serverConfig) error {
 	if len(cfg.password) == 0 {
 		return withHint(errors.New("the master password is empty"), "put it in the file or variable, or type it at the prompt")
 	}
-	return nil
-}
-
-// cleanupLeftovers removes what a crashed run left in the kernel (redirect
-// rules, BPF links and pins). It is also step 1 of every start.
-//
-// WIRING: call redirect's cleanup here once the data path lands.
-func cleanupLeftovers(_ context.Context, cfg *serverConfig, log *slog.Logger) error {
-	log.Info("cleanup: nothing to remove (traffic redirection is not wired yet)", "redirect", cfg.Redirect)
 	return nil
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/agentvault/agent-vault/admin"
+	"github.com/agentvault/agent-vault/policy"
+	"github.com/agentvault/agent-vault/redirect"
 	"github.com/agentvault/agent-vault/store"
 )
 
@@ -72,10 +74,9 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 		}
 	}()
 
-	// 1. leftovers of a crashed run (the same code as --cleanup)
-	if err := cleanupLeftovers(ctx, &cfg, log); err != nil {
-		return err
-	}
+	// 1. leftovers of a crashed run: removed in step 6, right after this
+	// run's rules are in place (CleanupExcept), so a restart never opens a
+	// gap in which agents are not captured. See capture.go.
 
 	// 2. open and unlock the store; its group-commit audit writer runs from
 	// here until Close flushes it (step "audit writer" of the start order)
@@ -90,13 +91,27 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 	stops.push("pid file", func(context.Context) error { return removeIfOurs(filepath.Join(cfg.DataDir, pidFile)) })
 
 	// 3. CA
-	// WIRING: load or create the root CA (mitm/ca, key in st.PutCA/st.CA) and
-	// serve its PEM through caPEM.
-	var caPEM func() ([]byte, error)
+	authority, err := loadCA(st, log)
+	if err != nil {
+		return err
+	}
+	caPEM := func() ([]byte, error) { return authority.CertPEM(), nil }
 
-	// 4. policy snapshot
-	// WIRING: build st.Snapshot() into an atomic.Pointer[policy.Snapshot] and
-	// rebuild it on every st.Changed() signal (resolve agent cgroup ids).
+	// 4. policy snapshot (rebuilt on every change once the data path runs)
+	cgroupMount, _ := redirect.Cgroup2Mount()
+	snaps := &snapshotBuilder{st: st, cgroupMount: cgroupMount, log: log}
+	snap, err := snaps.build()
+	if err != nil {
+		return err
+	}
+	roots, err := upstreamRoots(cfg.UpstreamCA)
+	if err != nil {
+		return err
+	}
+	resolver, err := upstreamDNS(cfg.UpstreamDNS)
+	if err != nil {
+		return err
+	}
 
 	// 5. listeners: admin API first, then the data path
 	var ready atomic.Bool
@@ -120,17 +135,51 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 	if err != nil {
 		return withHint(fmt.Errorf("listen on admin address %s: %w", cfg.AdminAddr, err), "choose another --admin-addr")
 	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- adm.Serve(l) }()
+	serveErr := make(chan error, 8)
+	serve(serveErr, "admin API", func() error { return adm.Serve(l) })
 	stops.push("admin API", adm.Shutdown)
 	adminAddr := l.Addr().String()
-	// WIRING: bind the explicit proxy (cfg.ProxyAddr), the transparent
-	// listener (cfg.TransparentAddr) and the DNS proxy (cfg.DNSAddr) here,
-	// each pushing its Shutdown onto stops.
+	dp, err := bindDataPath(&cfg)
+	if err != nil {
+		return err
+	}
+	capture := &capture{mode: cfg.Redirect, log: log}
+	var current atomic.Pointer[policy.Snapshot]
+	current.Store(snap)
+	dns, err := newDNSProxy(&cfg, resolver, log, st, capture.identifyDNS(current.Load))
+	if err != nil {
+		dp.close()
+		return err
+	}
+	broker, err := newBroker(&cfg, authority, st, roots, resolver, capture.origin, dns.Pinned, dp.selfAddrs(l.Addr()), log)
+	if err != nil {
+		dp.close()
+		return err
+	}
+	apply := func(s *policy.Snapshot) {
+		current.Store(s)
+		broker.SetPolicy(s)
+		dns.SetPolicy(s)
+	}
+	apply(snap)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	go watchPolicy(watchCtx, snaps, apply)
+	stops.push("policy watcher", func(context.Context) error { stopWatch(); return nil })
+	serve(serveErr, "transparent listener", func() error { return broker.ServeTransparent(dp.transparent) })
+	if dp.proxy != nil {
+		serve(serveErr, "explicit proxy", func() error { return broker.ServeProxy(dp.proxy) })
+	}
+	stops.push("broker", broker.Shutdown)
+	serve(serveErr, "DNS proxy (udp)", func() error { return dns.ServeUDP(dp.dnsUDP) })
+	serve(serveErr, "DNS proxy (tcp)", func() error { return dns.ServeTCP(dp.dnsTCP) })
+	stops.push("DNS proxy", dns.Shutdown)
 
-	// 6. redirect rules, last: never redirect to a port nobody listens on
-	// WIRING: install cfg.Redirect (gateway: cfg.GatewayIfaces; local:
-	// cfg.AgentsCgroup) and push their removal, so they come off first.
+	// 6. redirect rules, last: never redirect to a port nobody listens on.
+	// They stay in place at stop (fail closed); --cleanup removes them.
+	if err := capture.install(&cfg, dp, l.Addr()); err != nil {
+		return err
+	}
+	stops.push("capture", capture.stop)
 
 	// 7. ready
 	if err := writeFileAtomic(filepath.Join(cfg.DataDir, addrFile), []byte(adminAddr+"\n"), 0o600); err != nil {
@@ -139,7 +188,8 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 	stops.push("address file", func(context.Context) error { return os.Remove(filepath.Join(cfg.DataDir, addrFile)) })
 	ready.Store(true)
 	log.Info("agent-vault server ready", "admin_addr", adminAddr, "data_dir", cfg.DataDir,
-		"redirect", cfg.Redirect, "pid", os.Getpid(), "version", version)
+		"proxy_addr", addrString(dp.proxy), "transparent_addr", dp.transparent.Addr().String(),
+		"dns_addr", dp.dnsUDP.LocalAddr().String(), "redirect", cfg.Redirect, "pid", os.Getpid(), "version", version)
 	if cfg.notifyReady != nil {
 		cfg.notifyReady(adminAddr)
 	}
@@ -149,7 +199,7 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 		log.Info("agent-vault server stopping", "reason", context.Cause(ctx))
 		return nil
 	case err := <-serveErr:
-		return fmt.Errorf("admin API stopped: %w", err)
+		return fmt.Errorf("a listener stopped: %w", err)
 	}
 }
 
@@ -242,4 +292,14 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// serve runs fn in a goroutine and reports an unexpected end on errs (a
+// clean shutdown is not reported).
+func serve(errs chan<- error, name string, fn func() error) {
+	go func() {
+		if err := ignoreClosed(fn()); err != nil {
+			errs <- fmt.Errorf("%s: %w", name, err)
+		}
+	}()
 }
