@@ -176,11 +176,13 @@ func (s *Store) appendTx(tx *bolt.Tx, ev *audit.Event) error {
 	return err
 }
 
-// lastHash returns the hash of the chain's last row ("" for an empty log).
+// lastHash returns the hash of the chain's last row; for an empty log the
+// anchor a retention cut left behind ("" for a log never pruned).
 func lastHash(b *bolt.Bucket) (string, error) {
 	k, v := b.Cursor().Last()
 	if k == nil {
-		return "", nil
+		a, err := readAnchor(b.Tx())
+		return a.Hash, err
 	}
 	var tail struct {
 		Hash string `json:"hash"`
@@ -269,24 +271,44 @@ func (q *AuditQuery) matches(ev *audit.Event) bool {
 }
 
 // AuditVerify checks the whole hash chain and returns the number of rows
-// checked, or an *audit.BrokenError naming the first bad row.
+// checked, or an *audit.BrokenError naming the first bad row. A log cut by
+// PruneAudit verifies from the anchor the cut stored: the first row left
+// must follow the last row removed.
 func (s *Store) AuditVerify() (rows uint64, err error) {
-	ver := audit.NewVerifier("")
+	var ver *audit.Verifier
 	misplaced := false
 	err = s.db.View(func(tx *bolt.Tx) error {
+		anchor, err := readAnchor(tx)
+		if err != nil {
+			return err
+		}
+		ver = audit.NewVerifier(anchor.Hash)
 		c := bucket(tx, bucketAudit).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
+			want := anchor.Seq + ver.Rows + 1
+			if ver.Rows == 0 {
+				var head struct {
+					Seq uint64 `json:"seq"`
+				}
+				if json.Unmarshal(v, &head) == nil && head.Seq != want {
+					misplaced = true
+					return &audit.BrokenError{Seq: head.Seq, Reason: fmt.Sprintf("expected row %d first (rows were removed without a retention cut, or the anchor was altered)", want)}
+				}
+			}
 			if err := ver.Next(v); err != nil {
 				return err
 			}
-			if len(k) != 8 || binary.BigEndian.Uint64(k) != ver.Rows {
+			if len(k) != 8 || binary.BigEndian.Uint64(k) != want {
 				misplaced = true
-				return &audit.BrokenError{Seq: ver.Rows, Reason: "row is stored out of place (rows were removed, moved or added)"}
+				return &audit.BrokenError{Seq: want, Reason: "row is stored out of place (rows were removed, moved or added)"}
 			}
 		}
 		return nil
 	})
-	if misplaced {
+	if ver == nil {
+		return 0, err
+	}
+	if misplaced && ver.Rows > 0 {
 		return ver.Rows - 1, err
 	}
 	return ver.Rows, err

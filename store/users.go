@@ -20,6 +20,15 @@ type userRecord struct {
 	Role         Role      `json:"role"`
 	PasswordHash string    `json:"password_hash"`
 	CreatedAt    time.Time `json:"created_at"`
+
+	// Per-vault roles (admin, approver, viewer) on top of Role, which holds
+	// the instance-wide role ("" for a user with vault roles only).
+	VaultRoles map[string]Role `json:"vault_roles,omitempty"`
+	// An invited user has no password until the invite is accepted: the
+	// one-time invite token's SHA-256 (hex) and its expiry.
+	InviteHash      string    `json:"invite_hash,omitempty"`
+	InviteExpiresAt time.Time `json:"invite_expires_at,omitzero"`
+	InvitedBy       string    `json:"invited_by,omitempty"`
 }
 
 func (r userRecord) user(id uint64) User {
