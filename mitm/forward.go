@@ -143,18 +143,21 @@ func (b *Broker) rewrite(pr *httputil.ProxyRequest) {
 			delete(out.Header, k)
 		}
 	}
-	if f.svc.Auth.Kind == policy.AuthNone {
-		return // nothing injected: the agent's own headers pass
+	if f.svc.Auth.Kind != policy.AuthNone {
+		// Bodies must arrive decoded to be scrubbed: the transport asks for
+		// gzip itself and decodes it.
+		out.Header.Del("Accept-Encoding")
 	}
-	// Bodies must arrive decoded to be scrubbed: the transport asks for gzip
-	// itself and decodes it.
-	out.Header.Del("Accept-Encoding")
+	// Apply strips the agent's own auth and proxy headers for every kind,
+	// auth none included, then injects.
 	injected, err := inject.Apply(out, f.svc, f.secret)
 	if err != nil {
 		f.injErr = err
 		return
 	}
-	f.forms = scrub.Forms(append(injected, f.secret))
+	if f.svc.Auth.Kind != policy.AuthNone {
+		f.forms = scrub.Forms(append(injected, f.secret))
+	}
 }
 
 // modifyResponse scrubs every injected value from the response headers,

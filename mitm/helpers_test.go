@@ -193,7 +193,7 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(map[string]any{"method": r.Method, "host": r.Host, "path": r.URL.Path, "header": r.Header, "body": string(body)})
 }
 
-func startUpstream(t *testing.T, cert *tls.Certificate) *upstream {
+func startUpstream(t testing.TB, cert *tls.Certificate) *upstream {
 	u := &upstream{release: make(chan struct{})}
 	u.srv = httptest.NewUnstartedServer(u)
 	u.srv.EnableHTTP2 = true
@@ -212,7 +212,7 @@ func startUpstream(t *testing.T, cert *tls.Certificate) *upstream {
 // env is one broker with its real CA, a real TLS upstream, the explicit
 // proxy and the transparent listener on loopback.
 type env struct {
-	t         *testing.T
+	t         testing.TB
 	ca        *ca.Authority
 	caPool    *x509.CertPool
 	caFile    string
@@ -226,8 +226,6 @@ type env struct {
 	origin    atomic.Pointer[Origin]
 	snapIn    policy.Input
 }
-
-var testNames = []string{"api.example.test", "open.example.test", "other.example.test", "nocred.example.test", "plain.example.test", "plainsecret.example.test", "localhost"}
 
 func testPolicy() policy.Input {
 	return policy.Input{
@@ -251,7 +249,7 @@ func testPolicy() policy.Input {
 	}
 }
 
-func newEnv(t *testing.T, mod ...func(*Config)) *env {
+func newEnv(t testing.TB, mod ...func(*Config)) *env {
 	t.Helper()
 	e := &env{t: t, sink: &memSink{}, logs: &syncBuffer{}}
 	certDER, keyDER, err := ca.Generate(time.Now())
@@ -271,7 +269,8 @@ func newEnv(t *testing.T, mod ...func(*Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := upCA.Issue("api.example.test", "open.example.test", "other.example.test", "nocred.example.test", "localhost")
+	cert, err := upCA.Issue("api.example.test", "open.example.test", "other.example.test", "nocred.example.test", "localhost",
+		"basic.example.test", "hdr.example.test", "ph.example.test", "crlf.example.test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +279,7 @@ func newEnv(t *testing.T, mod ...func(*Config)) *env {
 
 	cfg := Config{
 		CA:      e.ca,
-		Secrets: memSecrets{"v1/api-key": sentinel},
+		Secrets: memSecrets{"v1/api-key": sentinel, "v1/crlf": "bad\r\nX-Injected: 1"},
 		Audit:   e.sink,
 		Origin: func(c net.Conn) (Origin, error) {
 			if o := e.origin.Load(); o != nil {
