@@ -53,4 +53,3 @@ func BenchmarkBrokeredRequest(b *testing.B) {
 		})
 	}
 }
-
