@@ -12,6 +12,20 @@
 // them arrives through small interfaces and functions in Config (Secrets,
 // audit.Sink, Origin, Resolve, DestinationAllowed, DialControl) that cmd wires.
 //
+// Upstream connections are pooled by one shared http.Transport keyed by
+// scheme and "name:port" (the bound name sits in URL.Host and becomes the
+// TLS ServerName), so a connection opened for one name is never reused for
+// another. The dial itself takes the addresses validated for the request
+// (the transparent connection's original destination, or the broker's own
+// resolution for CONNECT); two agents whose validated addresses for the same
+// name differ may share a pooled, certificate-verified connection to either.
+// A transparent connection's destination is checked in the ClientHello
+// (refused with an alert); a CONNECT tunnel's at its first request (a
+// readable 403/502). Names with no service still complete the handshake and
+// every request on them gets 403 no_service with a hint; nothing is sent
+// upstream. inject.Apply runs for every auth kind, so an agent's own
+// Authorization and Proxy-* headers never pass, auth none included.
+//
 // Completion audit rows ("request.complete") are appended asynchronously
 // after the response has been streamed, so the response never waits on the
 // audit store; they are retried a few times, and Shutdown waits for every one
