@@ -106,12 +106,29 @@ func BenchmarkNaiveIndex(b *testing.B) {
 	}
 }
 
-// BenchmarkCompile is the per-request cost: Forms of one secret and New.
-func BenchmarkCompile(b *testing.B) {
-	secret := [][]byte{[]byte("sk-ant-api03-SENTINEL0123456789abcdefghijklmnopqrstuvwxyzABCDEF")}
-	b.ReportAllocs()
-	for b.Loop() {
-		scrub.New(scrub.Forms(secret))
+// BenchmarkForms and BenchmarkNew are the per-request costs: the forms of a
+// bearer token (plain) and of a password needing every escaping (nasty), and
+// compiling them.
+func BenchmarkForms(b *testing.B) {
+	for name, secret := range map[string][]byte{"plain": plainSecret, "nasty": nastySecret} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				scrub.Forms([][]byte{secret})
+			}
+		})
+	}
+}
+
+func BenchmarkNew(b *testing.B) {
+	for name, secret := range map[string][]byte{"plain": plainSecret, "nasty": nastySecret} {
+		forms := scrub.Forms([][]byte{secret})
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				scrub.New(forms)
+			}
+		})
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"slices"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -34,13 +35,17 @@ func Forms(secrets [][]byte) [][]byte {
 			continue
 		}
 		add(bytes.Clone(s))
-		for fl := range jsonFlags(1 << 4) {
-			add(jsonEscape(s, fl))
+		if bytes.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r >= 0x80 || strings.ContainsRune(`"\\/<>&`, r) }) {
+			for fl := range jsonFlags(1 << 4) {
+				add(jsonEscape(s, fl))
+			}
 		}
-		for _, keep := range []*[256]bool{&unreserved, &pathSafe, &componentSafe} {
-			for _, plus := range []bool{false, true} {
-				for _, lower := range []bool{false, true} {
-					add(percentEscape(s, keep, plus, lower))
+		if bytes.ContainsFunc(s, func(r rune) bool { return r >= 0x80 || !unreserved[r] }) {
+			for _, keep := range []*[256]bool{&unreserved, &pathSafe, &componentSafe} {
+				for _, plus := range []bool{false, true} {
+					for _, lower := range []bool{false, true} {
+						add(percentEscape(s, keep, plus, lower))
+					}
 				}
 			}
 		}

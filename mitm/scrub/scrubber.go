@@ -35,13 +35,18 @@ type anchored struct {
 // New compiles forms (typically the result of Forms). Empty forms are
 // ignored; the slices are not retained.
 func New(forms [][]byte) *Scrubber {
-	s := &Scrubber{}
+	s := &Scrubber{forms: make([][]byte, 0, len(forms))}
+	size := 0
+	for _, f := range forms {
+		size += len(f)
+	}
+	arena := make([]byte, 0, size) // one allocation for every form's copy
 	for _, f := range forms {
 		if len(f) == 0 || slices.ContainsFunc(s.forms, func(g []byte) bool { return bytes.Equal(f, g) }) {
 			continue
 		}
-		f = bytes.Clone(f)
-		s.forms = append(s.forms, f)
+		arena = append(arena, f...)
+		s.forms = append(s.forms, arena[len(arena)-len(f):len(arena):len(arena)])
 		s.maxLen = max(s.maxLen, len(f))
 	}
 	for _, f := range s.forms {
