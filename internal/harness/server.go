@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -28,9 +29,14 @@ type Server struct {
 	DNSAddr     string
 	Args        []string // extra server flags
 	Env         []string // extra environment (e.g. AGENT_VAULT_MASTER_PASSWORD=...)
-	cmd         *exec.Cmd
-	log         *syncBuffer
-	done        chan error
+	// Wrap prefixes the server's and the CLI's command lines (e.g.
+	// nsenter --net=PATH --), and InNS runs the health check where the
+	// server's admin address is reachable; both nil on the host.
+	Wrap []string
+	InNS func(fn func() error) error
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan error
 }
 
 // FreePort returns a loopback TCP port that was free a moment ago.
@@ -62,7 +68,7 @@ func NewServer(bin, dir string) (*Server, error) {
 func (s *Server) Start(ctx context.Context) error {
 	args := append([]string{"server", "--data-dir", s.DataDir, "--admin-addr", s.AdminAddr,
 		"--proxy-addr", s.ProxyAddr, "--transparent-addr", s.Transparent, "--dns-addr", s.DNSAddr}, s.Args...)
-	s.cmd = exec.Command(s.Bin, args...)
+	s.cmd = s.command(args...)
 	s.cmd.Env = append(s.baseEnv(), s.Env...)
 	s.log = &syncBuffer{}
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
@@ -82,12 +88,8 @@ func (s *Server) Start(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
-		resp, err := http.Get("http://" + s.AdminAddr + "/api/v1/health")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode < 500 {
-				return nil
-			}
+		if s.healthy() {
+			return nil
 		}
 	}
 	return fmt.Errorf("server not ready within 60 s: %s", s.log.String())
@@ -140,7 +142,7 @@ type CLIResult struct {
 
 // CLI runs `agent-vault ARGS...` against this server with stdin as input.
 func (s *Server) CLI(stdin string, env []string, args ...string) CLIResult {
-	cmd := exec.Command(s.Bin, args...)
+	cmd := s.command(args...)
 	cmd.Env = append(s.baseEnv(), env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
@@ -212,4 +214,39 @@ func (s *Server) Pid() int {
 		return 0
 	}
 	return s.cmd.Process.Pid
+}
+
+func (s *Server) command(args ...string) *exec.Cmd {
+	if len(s.Wrap) == 0 {
+		return exec.Command(s.Bin, args...)
+	}
+	full := append(append(append([]string{}, s.Wrap[1:]...), s.Bin), args...)
+	return exec.Command(s.Wrap[0], full...)
+}
+
+func (s *Server) healthy() bool {
+	// One raw request on a socket dialled by this goroutine: http.Client
+	// would dial from another goroutine, outside the namespace InNS entered.
+	check := func() error {
+		c, err := net.DialTimeout("tcp", s.AdminAddr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		fmt.Fprintf(c, "GET /api/v1/health HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", s.AdminAddr)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode >= 500 {
+			return fmt.Errorf("health: %s", resp.Status)
+		}
+		return nil
+	}
+	if s.InNS != nil {
+		return s.InNS(check) == nil
+	}
+	return check() == nil
 }
