@@ -259,22 +259,32 @@ func TestUnknownRoute(t *testing.T) {
 	e.wantError(http.StatusNotFound, api.CodeNotFound, st, body)
 }
 
-func TestAuthorizeTable(t *testing.T) {
+func TestRoleTable(t *testing.T) {
+	vaultApprover := &principal{acct: store.Account{VaultRoles: map[string]store.Role{"prod": store.RoleApprover}}}
+	globalViewer := &principal{acct: store.Account{Role: store.RoleViewer, VaultRoles: map[string]store.Role{"prod": store.RoleAdmin}}}
+	agent := &principal{agent: &store.AgentRecord{}}
 	for _, tc := range []struct {
-		role store.Role
-		p    perm
-		want bool
+		p     *principal
+		vault string
+		role  store.Role
+		want  bool
 	}{
-		{store.RoleOwner, permManage, true},
-		{store.RoleOwner, permAudit, true},
-		{store.RoleViewer, permRead, true},
-		{store.RoleViewer, permManage, false},
-		{store.RoleAdmin, permAudit, false},
-		{"", permRead, false},
-		{"", permPublic, true},
+		{&principal{acct: store.Account{Role: store.RoleOwner}}, "", store.RoleOwner, true},
+		{&principal{acct: store.Account{Role: store.RoleOwner}}, "any", store.RoleAdmin, true},
+		{&principal{acct: store.Account{Role: store.RoleAdmin}}, "", store.RoleOwner, false},
+		{vaultApprover, "prod", store.RoleApprover, true},
+		{vaultApprover, "prod", store.RoleAdmin, false},
+		{vaultApprover, "dev", store.RoleViewer, false},
+		{vaultApprover, "", store.RoleViewer, false},
+		{globalViewer, "dev", store.RoleViewer, true},
+		{globalViewer, "dev", store.RoleApprover, false},
+		{globalViewer, "prod", store.RoleAdmin, true},
+		{agent, "", store.RoleViewer, false},
+		{agent, "prod", store.RoleViewer, false},
+		{nil, "prod", store.RoleViewer, false},
 	} {
-		if got := authorize(tc.role, tc.p); got != tc.want {
-			t.Errorf("authorize(%q, %d) = %v, want %v", tc.role, tc.p, got, tc.want)
+		if got := tc.p.allowed(tc.vault, tc.role); got != tc.want {
+			t.Errorf("allowed(%+v, %q, %q) = %v, want %v", tc.p, tc.vault, tc.role, got, tc.want)
 		}
 	}
 }

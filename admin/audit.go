@@ -16,9 +16,29 @@ import (
 // maxAuditLimit is the largest page the API returns.
 const maxAuditLimit = 1000
 
-func (s *Server) auditList(w http.ResponseWriter, r *http.Request, _ *principal) error {
+// auditScope checks the caller may read the rows q asks for: an
+// instance-wide approver (or higher) reads everything, a vault approver only
+// with the vault filter set to that vault.
+func auditScope(p *principal, q store.AuditQuery) error {
+	if p.allowed("", roleAudit) {
+		return nil
+	}
+	if q.Vault == "" {
+		if p.anyVault(roleAudit) {
+			return errorf(http.StatusForbidden, api.CodeForbidden,
+				"your role allows the audit log of your vaults only: add the vault filter (vault=NAME)")
+		}
+		return p.require("", roleAudit)
+	}
+	return p.require(q.Vault, roleAudit)
+}
+
+func (s *Server) auditList(w http.ResponseWriter, r *http.Request, p *principal) error {
 	q, err := parseAuditQuery(r.URL.Query(), s.now())
 	if err != nil {
+		return err
+	}
+	if err := auditScope(p, q); err != nil {
 		return err
 	}
 	rows, next, err := s.cfg.Store.AuditList(q)
@@ -104,7 +124,10 @@ func parseWhen(s string, now time.Time) (time.Time, error) {
 	return now.Add(-d), nil
 }
 
-func (s *Server) auditVerify(w http.ResponseWriter, r *http.Request, _ *principal) error {
+func (s *Server) auditVerify(w http.ResponseWriter, r *http.Request, p *principal) error {
+	if !p.anyVault(roleAudit) {
+		return p.require("", roleAudit)
+	}
 	rows, err := s.cfg.Store.AuditVerify()
 	var broken *audit.BrokenError
 	switch {

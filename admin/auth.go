@@ -128,6 +128,9 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, _ *principal) err
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+	if known && u.PasswordHash == "" {
+		known = false // invited, not accepted yet: no password to log in with
+	}
 	hash := s.dummy // same work for unknown emails, so timing does not tell
 	if known {
 		hash = u.PasswordHash
@@ -154,8 +157,22 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, _ *principal) err
 	if err != nil {
 		return err
 	}
+	if r.URL.Query().Get("cookie") != "" {
+		s.setSessionCookie(w, r, tok)
+		return nil
+	}
 	writeJSON(w, http.StatusOK, tok)
 	return nil
+}
+
+// setSessionCookie answers a cookie login: the session token goes only into
+// an HttpOnly, SameSite=Strict cookie; the body carries the CSRF token that
+// state-changing requests must send in X-CSRF-Token.
+func (s *Server) setSessionCookie(w http.ResponseWriter, r *http.Request, tok api.SessionToken) {
+	http.SetCookie(w, &http.Cookie{Name: api.SessionCookie, Value: tok.Token, Path: "/", HttpOnly: true,
+		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, Expires: tok.ExpiresAt})
+	writeJSON(w, http.StatusOK, api.CookieLogin{Email: tok.Email, Role: tok.Role,
+		CSRFToken: csrfToken(TokenHash(tok.Token)), ExpiresAt: tok.ExpiresAt})
 }
 
 // auditLogin records a login attempt. A failed write of a successful login
@@ -200,13 +217,36 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request, p *principal) er
 	if err := s.cfg.Store.DeleteSession(p.tokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+	if err := s.cfg.Store.Append(r.Context(), &audit.Event{Time: s.now(), Actor: p.actor(), Action: "user.logout"}); err != nil {
+		s.log.Warn("admin cannot audit a logout", "user", p.acct.Email, "err", err)
+	}
+	if p.cookie {
+		http.SetCookie(w, &http.Cookie{Name: api.SessionCookie, Value: "", Path: "/", HttpOnly: true,
+			Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
 func (s *Server) whoami(w http.ResponseWriter, r *http.Request, p *principal) error {
-	writeJSON(w, http.StatusOK, api.User{Email: p.user.Email, Role: string(p.user.Role)})
+	if p.isAgent() {
+		writeJSON(w, http.StatusOK, api.Whoami{Kind: "agent", Agent: p.agent.Name, Vault: p.agent.Vault, ExpiresAt: p.agent.ExpiresAt})
+		return nil
+	}
+	writeJSON(w, http.StatusOK, api.Whoami{Kind: "user", Email: p.acct.Email, Role: string(p.acct.Role),
+		VaultRoles: roleStrings(p.acct.VaultRoles), ExpiresAt: p.expires})
 	return nil
+}
+
+func roleStrings(m map[string]store.Role) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = string(v)
+	}
+	return out
 }
 
 func (s *Server) caPEM(w http.ResponseWriter, r *http.Request, _ *principal) error {

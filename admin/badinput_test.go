@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agentvault/agent-vault/admin/api"
 )
@@ -145,7 +146,7 @@ func TestAgentBadInput(t *testing.T) {
 }
 
 func TestAuditQueryBadInput(t *testing.T) {
-	e := newEnv(t, nil)
+	e := newEnv(t, func(c *Config) { c.SessionIdle = 24 * time.Hour })
 	e.setup()
 	for _, q := range []string{"decision=maybe", "limit=0", "limit=1001", "limit=x", "cursor=abc", "cursor=0",
 		"since=yesterday", "since=-1h", "until=2026-13-01T00:00:00Z", "since=1h&until=2h", "colour=red", "vault=a&vault=b"} {

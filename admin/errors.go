@@ -44,6 +44,17 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func (s *Server) toAPIError(r *http.Request, err error) *apiError {
+	if ae := mapError(err); ae != nil {
+		return ae
+	}
+	s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	return errInternal
+}
+
+var errInternal = errorf(http.StatusInternalServerError, api.CodeInternal, "internal error; see the server log")
+
+// mapError maps errors of known kinds to API errors; nil for the rest.
+func mapError(err error) *apiError {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		return ae
@@ -56,6 +67,14 @@ func (s *Server) toAPIError(r *http.Request, err error) *apiError {
 			"request body is larger than "+strconv.FormatInt(tooLarge.Limit, 10)+" bytes")
 	case errors.As(err, &verr):
 		return errorf(http.StatusBadRequest, api.CodeInvalid, "invalid "+verr.Error())
+	case errors.Is(err, store.ErrStale):
+		return errorf(http.StatusConflict, api.CodeStale, err.Error())
+	case errors.Is(err, store.ErrNotPending):
+		return errorf(http.StatusConflict, api.CodeNotPending, err.Error())
+	case errors.Is(err, store.ErrLimit):
+		return errorf(http.StatusTooManyRequests, api.CodeLimit, err.Error())
+	case errors.Is(err, store.ErrForbidden):
+		return errorf(http.StatusForbidden, api.CodeForbidden, err.Error())
 	case errors.Is(err, store.ErrInvalid):
 		return errorf(http.StatusBadRequest, api.CodeInvalid, err.Error())
 	case errors.Is(err, store.ErrNotFound):
@@ -65,8 +84,7 @@ func (s *Server) toAPIError(r *http.Request, err error) *apiError {
 	case errors.Is(err, store.ErrSetupDone):
 		return errorf(http.StatusConflict, api.CodeSetupDone, "setup is already done: log in instead")
 	}
-	s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-	return errorf(http.StatusInternalServerError, api.CodeInternal, "internal error; see the server log")
+	return nil
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

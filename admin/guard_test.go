@@ -115,7 +115,7 @@ func TestLimiterBackoffDoubles(t *testing.T) {
 }
 
 func TestTokens(t *testing.T) {
-	e := newEnv(t, nil)
+	e := newEnv(t, func(c *Config) { c.SessionIdle = 24 * time.Hour })
 	e.setup()
 	good := e.token()
 	for _, tc := range []struct{ header, why string }{

@@ -23,13 +23,17 @@ func pathName(r *http.Request, wildcard, field string) (string, error) {
 	return v, nil
 }
 
-func (s *Server) listVaults(w http.ResponseWriter, r *http.Request, _ *principal) error {
+// listVaults lists the vaults the caller holds a role in.
+func (s *Server) listVaults(w http.ResponseWriter, r *http.Request, p *principal) error {
 	vs, err := s.cfg.Store.Vaults()
 	if err != nil {
 		return err
 	}
 	out := make([]api.Vault, 0, len(vs))
 	for _, v := range vs {
+		if !p.allowed(v.Name, roleRead) {
+			continue
+		}
 		out = append(out, api.Vault{Name: v.Name, CreatedAt: v.CreatedAt, CreatedBy: v.CreatedBy})
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -101,22 +105,30 @@ func (s *Server) setCredential(w http.ResponseWriter, r *http.Request, p *princi
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err
 	}
-	switch {
-	case req.Value == "":
-		return errorf(http.StatusBadRequest, api.CodeInvalid, "invalid value: must not be empty")
-	case len(req.Value) > maxCredentialBytes:
-		return errorf(http.StatusBadRequest, api.CodeInvalid,
-			fmt.Sprintf("invalid value: longer than %d bytes", maxCredentialBytes))
-	case strings.ContainsAny(req.Value, "\r\n\x00"):
-		// The broker refuses CR/LF at injection; refuse them at the door too.
-		// Trailing newlines from `echo` are trimmed by the CLI.
-		return errorf(http.StatusBadRequest, api.CodeInvalid, "invalid value: must not contain CR, LF or NUL")
+	if err := checkValue(req.Value); err != nil {
+		return err
 	}
 	c, err := s.cfg.Store.SetCredential(p.actor(), vault, key, []byte(req.Value))
 	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, toAPICredential(c))
+	return nil
+}
+
+// checkValue checks a credential value sent to the API.
+func checkValue(v string) error {
+	switch {
+	case v == "":
+		return errorf(http.StatusBadRequest, api.CodeInvalid, "invalid value: must not be empty")
+	case len(v) > maxCredentialBytes:
+		return errorf(http.StatusBadRequest, api.CodeInvalid,
+			fmt.Sprintf("invalid value: longer than %d bytes", maxCredentialBytes))
+	case strings.ContainsAny(v, "\r\n\x00"):
+		// The broker refuses CR/LF at injection; refuse them at the door too.
+		// Trailing newlines from `echo` are trimmed by the CLI.
+		return errorf(http.StatusBadRequest, api.CodeInvalid, "invalid value: must not contain CR, LF or NUL")
+	}
 	return nil
 }
 
@@ -199,8 +211,9 @@ func toAPIAgent(a store.AgentRecord) api.Agent {
 		ExpiresAt: a.ExpiresAt, CreatedAt: a.CreatedAt, CreatedBy: a.CreatedBy}
 }
 
-// listAgents serves both /vaults/{vault}/agents and /agents (every vault).
-func (s *Server) listAgents(w http.ResponseWriter, r *http.Request, _ *principal) error {
+// listAgents serves both /vaults/{vault}/agents and /agents (every vault
+// the caller may read).
+func (s *Server) listAgents(w http.ResponseWriter, r *http.Request, p *principal) error {
 	vault := ""
 	if r.PathValue("vault") != "" {
 		var err error
@@ -214,7 +227,9 @@ func (s *Server) listAgents(w http.ResponseWriter, r *http.Request, _ *principal
 	}
 	out := make([]api.Agent, 0, len(as))
 	for _, a := range as {
-		out = append(out, toAPIAgent(a))
+		if p.allowed(a.Vault, roleRead) {
+			out = append(out, toAPIAgent(a))
+		}
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -336,34 +351,40 @@ func cleanCgroup(cg string) (string, error) {
 	return c, nil
 }
 
-// agentInVault checks that the agent named in a /vaults/{vault}/agents/{name}
-// path belongs to that vault (agent names are unique across vaults).
-func (s *Server) agentInVault(r *http.Request) (string, error) {
+// agentTarget reads the agent named in the path, checks it belongs to the
+// path's vault if one is given (agent names are unique across vaults), and
+// that the caller may manage that vault.
+func (s *Server) agentTarget(r *http.Request, p *principal) (string, error) {
 	name, err := pathName(r, "name", "name")
 	if err != nil {
 		return "", err
 	}
-	if r.PathValue("vault") == "" {
-		return name, nil
+	want := ""
+	if r.PathValue("vault") != "" {
+		if want, err = pathName(r, "vault", "vault"); err != nil {
+			return "", err
+		}
 	}
-	vault, err := pathName(r, "vault", "vault")
-	if err != nil {
-		return "", err
-	}
-	as, err := s.cfg.Store.Agents(vault)
+	as, err := s.cfg.Store.Agents(want)
 	if err != nil {
 		return "", err
 	}
 	for _, a := range as {
 		if a.Name == name {
+			if err := p.require(a.Vault, roleManage); err != nil {
+				return "", err
+			}
 			return name, nil
 		}
 	}
-	return "", fmt.Errorf("agent %q in vault %q: %w", name, vault, store.ErrNotFound)
+	if want != "" {
+		return "", fmt.Errorf("agent %q in vault %q: %w", name, want, store.ErrNotFound)
+	}
+	return "", fmt.Errorf("agent %q: %w", name, store.ErrNotFound)
 }
 
 func (s *Server) revokeAgent(w http.ResponseWriter, r *http.Request, p *principal) error {
-	name, err := s.agentInVault(r)
+	name, err := s.agentTarget(r, p)
 	if err != nil {
 		return err
 	}
@@ -375,7 +396,7 @@ func (s *Server) revokeAgent(w http.ResponseWriter, r *http.Request, p *principa
 }
 
 func (s *Server) deleteAgent(w http.ResponseWriter, r *http.Request, p *principal) error {
-	name, err := s.agentInVault(r)
+	name, err := s.agentTarget(r, p)
 	if err != nil {
 		return err
 	}

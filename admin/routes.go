@@ -1,48 +1,27 @@
 package admin
 
 import (
-	"errors"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/agentvault/agent-vault/admin/api"
-	"github.com/agentvault/agent-vault/audit"
 	"github.com/agentvault/agent-vault/store"
 )
 
-// perm is what a route needs of the caller.
-type perm int
+// access is who may call a route. Roles are checked in one place,
+// principal.allowed: here for vault routes and instance-wide routes, or,
+// for routes whose vault comes from a resource (a proposal, an agent by
+// name, an audit filter), by the handler through principal.require.
+type access int
 
 const (
-	permPublic  perm = iota // no session needed
-	permSession             // any logged-in user (logout, whoami)
-	permRead                // list vaults, credentials (names), services, agents
-	permManage              // change vaults, credentials, services, agents
-	permAudit               // read and verify the audit log
+	public    access = iota // no session
+	anyHuman                // any logged-in user; the handler checks roles on resources
+	vaultRole               // a user with at least route.role in the path's {vault}
+	instance                // a user with at least route.role instance-wide
+	agentOK                 // a user, or an agent token (the handler scopes agents to their own)
 )
-
-// authorize is the one place roles meet permissions. Until the role model
-// lands, the owner may do everything and every other role may only read.
-func authorize(role store.Role, p perm) bool {
-	switch p {
-	case permPublic, permSession:
-		return true
-	case permRead:
-		return role != ""
-	}
-	return role == store.RoleOwner
-}
-
-// principal is the logged-in user behind a request.
-type principal struct {
-	user      store.User
-	tokenHash [32]byte
-}
-
-func (p *principal) actor() audit.Actor {
-	return audit.Actor{Kind: audit.ActorUser, Name: p.user.Email}
-}
 
 // handlerFunc serves one route; p is nil on public routes. Errors go through
 // writeError.
@@ -50,46 +29,80 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, p *principal) erro
 
 type route struct {
 	pattern string // Go 1.22 ServeMux pattern: "METHOD /path/{wildcard}"
-	perm    perm
+	access  access
+	role    store.Role // the least role, for vaultRole and instance
 	h       handlerFunc
 }
+
+// Roles: the instance owner may do everything; admin (instance-wide or in a
+// vault) changes a vault's contents; approver decides proposals and reads
+// the audit log; viewer reads. A user's role in a vault is the higher of
+// their instance-wide role and their role in that vault. Managing users is
+// the owner's; creating and deleting vaults needs an instance-wide admin.
+// Agent tokens reach only the routes marked agentOK.
+const (
+	roleRead   = store.RoleViewer
+	roleDecide = store.RoleApprover
+	roleManage = store.RoleAdmin
+	roleAudit  = store.RoleApprover
+	roleOwner  = store.RoleOwner
+)
 
 // table is every route of the API.
 func (s *Server) table() []route {
 	v := api.Prefix
 	return []route{
-		{"GET " + v + "/health", permPublic, s.health},
-		{"POST " + v + "/setup", permPublic, s.setup},
-		{"POST " + v + "/login", permPublic, s.login},
-		{"POST " + v + "/logout", permSession, s.logout},
-		{"DELETE " + v + "/logout", permSession, s.logout},
-		{"GET " + v + "/session", permSession, s.whoami},
-		{"GET " + v + "/ca.pem", permPublic, s.caPEM},
+		{"GET " + v + "/health", public, "", s.health},
+		{"POST " + v + "/setup", public, "", s.setup},
+		{"POST " + v + "/login", public, "", s.login},
+		{"POST " + v + "/invites/accept", public, "", s.acceptInvite},
+		{"POST " + v + "/logout", anyHuman, "", s.logout},
+		{"DELETE " + v + "/logout", anyHuman, "", s.logout},
+		{"GET " + v + "/session", agentOK, "", s.whoami},
+		{"GET " + v + "/ca.pem", public, "", s.caPEM},
 
-		{"GET " + v + "/vaults", permRead, s.listVaults},
-		{"POST " + v + "/vaults", permManage, s.createVault},
-		{"DELETE " + v + "/vaults/{vault}", permManage, s.deleteVault},
+		{"GET " + v + "/vaults", anyHuman, "", s.listVaults},
+		{"POST " + v + "/vaults", instance, roleManage, s.createVault},
+		{"DELETE " + v + "/vaults/{vault}", instance, roleManage, s.deleteVault},
 
-		{"GET " + v + "/vaults/{vault}/credentials", permRead, s.listCredentials},
-		{"PUT " + v + "/vaults/{vault}/credentials/{key}", permManage, s.setCredential},
-		{"DELETE " + v + "/vaults/{vault}/credentials/{key}", permManage, s.deleteCredential},
+		{"GET " + v + "/vaults/{vault}/credentials", vaultRole, roleRead, s.listCredentials},
+		{"PUT " + v + "/vaults/{vault}/credentials/{key}", vaultRole, roleManage, s.setCredential},
+		{"DELETE " + v + "/vaults/{vault}/credentials/{key}", vaultRole, roleManage, s.deleteCredential},
 
-		{"GET " + v + "/vaults/{vault}/services", permRead, s.listServices},
-		{"POST " + v + "/vaults/{vault}/services", permManage, s.addService},
-		{"DELETE " + v + "/vaults/{vault}/services/{name}", permManage, s.deleteService},
+		{"GET " + v + "/vaults/{vault}/services", vaultRole, roleRead, s.listServices},
+		{"POST " + v + "/vaults/{vault}/services", vaultRole, roleManage, s.addService},
+		{"DELETE " + v + "/vaults/{vault}/services/{name}", vaultRole, roleManage, s.deleteService},
 
-		{"GET " + v + "/vaults/{vault}/agents", permRead, s.listAgents},
-		{"POST " + v + "/vaults/{vault}/agents", permManage, s.createAgent},
-		{"POST " + v + "/vaults/{vault}/agents/{name}/revoke", permManage, s.revokeAgent},
-		{"DELETE " + v + "/vaults/{vault}/agents/{name}", permManage, s.deleteAgent},
+		{"GET " + v + "/vaults/{vault}/agents", vaultRole, roleRead, s.listAgents},
+		{"POST " + v + "/vaults/{vault}/agents", vaultRole, roleManage, s.createAgent},
+		{"POST " + v + "/vaults/{vault}/agents/{name}/revoke", vaultRole, roleManage, s.revokeAgent},
+		{"DELETE " + v + "/vaults/{vault}/agents/{name}", vaultRole, roleManage, s.deleteAgent},
 		// Agent names are unique across vaults, so they are also addressable
 		// without their vault (agent list, revoke, delete in the CLI).
-		{"GET " + v + "/agents", permRead, s.listAgents},
-		{"POST " + v + "/agents/{name}/revoke", permManage, s.revokeAgent},
-		{"DELETE " + v + "/agents/{name}", permManage, s.deleteAgent},
+		{"GET " + v + "/agents", anyHuman, "", s.listAgents},
+		{"POST " + v + "/agents/{name}/revoke", anyHuman, "", s.revokeAgent},
+		{"DELETE " + v + "/agents/{name}", anyHuman, "", s.deleteAgent},
 
-		{"GET " + v + "/audit", permAudit, s.auditList},
-		{"GET " + v + "/audit/verify", permAudit, s.auditVerify},
+		{"POST " + v + "/proposals", agentOK, "", s.createProposal},
+		{"POST " + v + "/vaults/{vault}/proposals", agentOK, "", s.createProposal},
+		{"GET " + v + "/proposals", agentOK, "", s.listProposals},
+		{"GET " + v + "/vaults/{vault}/proposals", agentOK, "", s.listProposals},
+		{"GET " + v + "/proposals/{id}", agentOK, "", s.showProposal},
+		{"GET " + v + "/vaults/{vault}/proposals/{id}", agentOK, "", s.showProposal},
+		{"POST " + v + "/proposals/{id}/approve", anyHuman, "", s.approveProposal},
+		{"POST " + v + "/vaults/{vault}/proposals/{id}/approve", vaultRole, roleDecide, s.approveProposal},
+		{"POST " + v + "/proposals/{id}/reject", anyHuman, "", s.rejectProposal},
+		{"POST " + v + "/vaults/{vault}/proposals/{id}/reject", vaultRole, roleDecide, s.rejectProposal},
+
+		{"GET " + v + "/users", instance, roleOwner, s.listUsers},
+		{"POST " + v + "/users", instance, roleOwner, s.inviteUser},
+		{"PUT " + v + "/users/{email}/role", instance, roleOwner, s.grantRole},
+		{"DELETE " + v + "/users/{email}", instance, roleOwner, s.removeUser},
+
+		{"GET " + v + "/audit", anyHuman, "", s.auditList},
+		{"GET " + v + "/audit/export", anyHuman, "", s.auditExport},
+		{"GET " + v + "/audit/stream", anyHuman, "", s.auditStream},
+		{"GET " + v + "/audit/verify", anyHuman, "", s.auditVerify},
 	}
 }
 
@@ -98,7 +111,7 @@ func (s *Server) routes() http.Handler {
 	for _, rt := range s.table() {
 		mux.Handle(rt.pattern, s.wrap(rt))
 	}
-	mux.Handle("/", s.wrap(route{perm: permPublic, h: func(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	mux.Handle("/", s.wrap(route{access: public, h: func(w http.ResponseWriter, r *http.Request, _ *principal) error {
 		return errorf(http.StatusNotFound, api.CodeNotFound, "no endpoint "+r.Method+" "+r.URL.Path)
 	}}))
 	return s.guard(mux)
@@ -127,17 +140,14 @@ func (s *Server) wrap(rt route) http.Handler {
 		sw := &statusWriter{ResponseWriter: w}
 		var p *principal
 		err := func() error {
-			if rt.perm == permPublic {
+			if rt.access == public {
 				return nil
 			}
 			var err error
-			if p, err = s.authenticate(r); err != nil {
+			if p, err = s.authenticate(w, r); err != nil {
 				return err
 			}
-			if !authorize(p.user.Role, rt.perm) {
-				return errForbidden
-			}
-			return nil
+			return p.admit(r, rt)
 		}()
 		if err == nil {
 			err = rt.h(sw, r, p)
@@ -148,39 +158,10 @@ func (s *Server) wrap(rt route) http.Handler {
 		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", sw.code(),
 			"duration", s.now().Sub(start).Round(time.Microsecond)}
 		if p != nil {
-			attrs = append(attrs, "user", p.user.Email)
+			attrs = append(attrs, string(p.actor().Kind), p.actor().Name)
 		}
 		s.log.Info("admin request", attrs...)
 	})
-}
-
-// authenticate finds the session behind the request's bearer token.
-func (s *Server) authenticate(r *http.Request) (*principal, error) {
-	tok, ok := bearerToken(r)
-	if !ok {
-		if has, err := s.cfg.Store.HasOwner(); err == nil && !has {
-			return nil, errorf(http.StatusUnauthorized, api.CodeSetupRequired,
-				"no owner exists yet: run setup first")
-		}
-		return nil, errUnauthorized
-	}
-	h := TokenHash(tok)
-	sess, err := s.cfg.Store.Session(h)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, errUnauthorized
-	} else if err != nil {
-		return nil, err
-	}
-	if !s.now().Before(sess.ExpiresAt) {
-		return nil, errUnauthorized
-	}
-	u, err := s.cfg.Store.UserByID(sess.UserID)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, errUnauthorized
-	} else if err != nil {
-		return nil, err
-	}
-	return &principal{user: u, tokenHash: h}, nil
 }
 
 func bearerToken(r *http.Request) (string, bool) {
@@ -220,5 +201,5 @@ func (w *statusWriter) code() int {
 }
 
 // Unwrap lets http.ResponseController reach the underlying writer (flushing
-// for the audit stream later).
+// for the audit stream).
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -49,6 +49,24 @@ type Store interface {
 	Append(ctx context.Context, ev *audit.Event) error
 	AuditList(q store.AuditQuery) ([]audit.Event, uint64, error)
 	AuditVerify() (uint64, error)
+	AuditAfter(after uint64, q store.AuditQuery) ([]audit.Event, uint64, error)
+	AuditLastSeq() (uint64, error)
+	AuditAppended() (ch <-chan struct{}, cancel func())
+
+	Account(id uint64) (store.Account, error)
+	Accounts() ([]store.Account, error)
+	InviteUser(actor audit.Actor, email string, role store.Role, vault string, inviteHash [32]byte, expires time.Time) (store.Account, error)
+	AcceptInvite(inviteHash [32]byte, passwordHash string) (store.User, error)
+	GrantRole(actor audit.Actor, email, vault string, role store.Role) (store.Account, error)
+	RemoveUser(actor audit.Actor, email string) error
+	TouchSession(tokenHash [32]byte, t time.Time) error
+
+	CreateProposal(actor audit.Actor, p store.Proposal) (store.Proposal, error)
+	GetProposal(id uint64) (store.Proposal, error)
+	ListProposals(q store.ProposalQuery) ([]store.Proposal, error)
+	ApproveProposal(actor audit.Actor, id uint64, ap store.Approval) (store.Proposal, error)
+	RejectProposal(actor audit.Actor, id uint64, hash, note string) (store.Proposal, error)
+	ExpireProposals() (int, error)
 }
 
 // PasswordParams are the Argon2id costs of new user password hashes.
@@ -82,7 +100,16 @@ type Config struct {
 	// 127.0.0.1 and [::1] are always allowed.
 	AllowedHosts []string
 
-	SessionTTL time.Duration    // default 12 h
+	SessionTTL  time.Duration // absolute session lifetime; default 12 h
+	SessionIdle time.Duration // a session unused this long ends; default 2 h
+	InviteTTL   time.Duration // how long an invite token is valid; default 72 h
+	// ProposalSweep is how often Serve records expired proposals
+	// (proposal.expire rows); default 1 min, negative disables. Reads report
+	// expiry at once either way.
+	ProposalSweep time.Duration
+	// StreamHeartbeat is how often the audit stream sends a comment line to
+	// keep idle connections open; default 15 s.
+	StreamHeartbeat time.Duration
 	Password   PasswordParams   // default DefaultPasswordParams
 	Now        func() time.Time // default time.Now
 	Version    string
@@ -97,6 +124,11 @@ type Server struct {
 	limiter *loginLimiter
 	hashSem chan struct{} // bounds concurrent Argon2id work (memory)
 	dummy   string        // a hash to verify against for unknown emails
+
+	// streams end when the server shuts down (audit stream handlers
+	// select on it), so Shutdown does not wait for them.
+	streams    context.Context
+	stopStream context.CancelFunc
 
 	mu     sync.Mutex
 	srv    *http.Server
@@ -117,6 +149,18 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.SessionTTL <= 0 {
 		cfg.SessionTTL = 12 * time.Hour
+	}
+	if cfg.SessionIdle <= 0 {
+		cfg.SessionIdle = 2 * time.Hour
+	}
+	if cfg.InviteTTL <= 0 {
+		cfg.InviteTTL = 72 * time.Hour
+	}
+	if cfg.ProposalSweep == 0 {
+		cfg.ProposalSweep = time.Minute
+	}
+	if cfg.StreamHeartbeat <= 0 {
+		cfg.StreamHeartbeat = 15 * time.Second
 	}
 	if cfg.Password == (PasswordParams{}) {
 		cfg.Password = DefaultPasswordParams
@@ -141,6 +185,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.dummy = dummy
+	s.streams, s.stopStream = context.WithCancel(context.Background())
 	s.handler = s.routes()
 	return s, nil
 }
@@ -171,6 +216,10 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	s.srv = srv
 	s.mu.Unlock()
+	srv.RegisterOnShutdown(s.stopStream)
+	if s.cfg.ProposalSweep > 0 {
+		go s.sweepProposals(s.streams, s.cfg.ProposalSweep)
+	}
 	err := srv.Serve(l)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -185,6 +234,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	srv := s.srv
 	s.closed = true
 	s.mu.Unlock()
+	s.stopStream()
 	if srv == nil {
 		return nil
 	}
@@ -193,4 +243,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("admin: shutdown: %w", err)
 	}
 	return nil
+}
+
+// sweepProposals records expired proposals every interval until ctx ends.
+func (s *Server) sweepProposals(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := s.cfg.Store.ExpireProposals(); err != nil {
+				s.log.Warn("admin cannot record expired proposals", "err", err)
+			} else if n > 0 {
+				s.log.Info("admin recorded expired proposals", "count", n)
+			}
+		}
+	}
 }

@@ -51,9 +51,10 @@ func (c *Client) Logout(ctx context.Context) error {
 	return nil
 }
 
-// WhoAmI returns the session's user.
-func (c *Client) WhoAmI(ctx context.Context) (api.User, error) {
-	var u api.User
+// WhoAmI returns who the token belongs to: a user (kind "user") or an
+// agent (kind "agent").
+func (c *Client) WhoAmI(ctx context.Context) (api.Whoami, error) {
+	var u api.Whoami
 	err := c.do(ctx, http.MethodGet, "/session", nil, nil, &u)
 	return u, err
 }
