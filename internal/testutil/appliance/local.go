@@ -1,0 +1,436 @@
+package appliance
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agentvault/agent-vault/internal/harness"
+	"github.com/agentvault/agent-vault/internal/testutil/netns"
+)
+
+// Addresses of the local-mode topology (shape L): the appliance's namespace
+// reaches the fake internet over one veth pair, with the same addresses the
+// gateway topology gives its Net side, so tests read alike.
+//
+//	[av-local-*]  net0  10.77.2.1/24  fd77:2::1/64   broker + agents (cgroups)
+//	     | veth
+//	[av-net-*]    eth0  10.77.2.2/24  fd77:2::2/64   + canary 10.77.2.9, fd77:2::9
+var (
+	LocalV4 = netns.GWNetV4 // the broker's (and every local process's) address
+	LocalV6 = netns.GWNetV6
+)
+
+// Local is a running appliance in local mode (--redirect local): the broker
+// and the agents share one namespace; agents are processes in cgroups below
+// a temporary agents' cgroup.
+type Local struct {
+	NS  *netns.NS // broker + agents
+	Net *netns.NS // the fake internet
+
+	Srv          *harness.Server
+	UpCA         *harness.TestCA
+	API4, API6   *harness.Upstream // api.example.test on 10.77.2.2:443 and [fd77:2::2]:443
+	DNS          *harness.DNSServer
+	Canary       *Canary
+	BrokerCAFile string
+	Dir          string
+
+	CgroupMount  string // the cgroup2 mount
+	AgentsCgroup string // absolute: --agents-cgroup of the server
+	// AgentCgroup (absolute) is bound to Agent (agent create --cgroup
+	// AgentCgroupRel); StrangerCgroup is a child of the agents' cgroup that
+	// no agent is bound to (an unknown agent).
+	AgentCgroup, AgentCgroupRel string
+	StrangerCgroup              string
+
+	mu  sync.Mutex
+	fds map[string]*os.File // open cgroup directories, by path
+}
+
+// StartLocal builds a namespace for the broker and the agents, a second one
+// for the fake internet, a temporary agents' cgroup under the cgroup2 mount
+// with two children (one bound to Agent, one bound to nobody), starts the
+// appliance with --redirect local, configures the same vault, credential,
+// service and agent as StartGateway (the agent bound by --cgroup), and tears
+// it all down in t.Cleanup.
+func StartLocal(t *testing.T, extraArgs ...string) *Local {
+	t.Helper()
+	netns.RequirePrivileged(t, "ip", "nsenter", "iptables", "ip6tables", "curl")
+	bin := Binary(t)
+	l := &Local{Dir: t.TempDir()}
+	l.NS = netns.New(t, "local")
+	l.Net = netns.New(t, "net")
+	buildLocalLinks(t, l.NS, l.Net)
+	l.makeCgroups(t)
+
+	var err error
+	if l.UpCA, err = harness.NewTestCA(); err != nil {
+		t.Fatal(err)
+	}
+	upCAFile := filepath.Join(l.Dir, "upstream-ca.pem")
+	if err := l.UpCA.WritePEM(upCAFile); err != nil {
+		t.Fatal(err)
+	}
+	err = l.Net.Do(func() error {
+		var err error
+		if l.API4, err = harness.StartUpstream(l.UpCA, netip.AddrPortFrom(netns.NetV4, 443).String(), APIHost, OtherHost); err != nil {
+			return err
+		}
+		if l.API6, err = harness.StartUpstream(l.UpCA, netip.AddrPortFrom(netns.NetV6, 443).String(), APIHost, OtherHost); err != nil {
+			return err
+		}
+		records := map[string][]netip.Addr{
+			APIHost:    {netns.NetV4, netns.NetV6},
+			OtherHost:  {netns.NetV4, netns.NetV6},
+			CanaryHost: {CanaryV4, CanaryV6},
+		}
+		if l.DNS, err = harness.StartDNS(netip.AddrPortFrom(netns.NetV4, 53).String(), records); err != nil {
+			return err
+		}
+		l.Canary, err = StartCanary(CanaryV4, CanaryV6)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("fake internet: %v", err)
+	}
+	t.Cleanup(func() {
+		for _, u := range []*harness.Upstream{l.API4, l.API6} {
+			if u != nil {
+				u.Close()
+			}
+		}
+		if l.DNS != nil {
+			l.DNS.Close()
+		}
+		if l.Canary != nil {
+			l.Canary.Close()
+		}
+	})
+
+	l.Srv, err = harness.NewServer(bin, l.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Srv.AdminAddr, l.Srv.ProxyAddr, l.Srv.Transparent, l.Srv.DNSAddr = "127.0.0.1:14321", "127.0.0.1:14322", ":14323", ":14353"
+	l.Srv.Wrap = []string{"nsenter", "--net=" + l.NS.Path, "--"}
+	l.Srv.InNS = l.NS.Do
+	l.Srv.Env = []string{"AGENT_VAULT_MASTER_PASSWORD=correct horse battery", "AGENT_VAULT_TEST_KDF=fast"}
+	l.Srv.Args = append([]string{"--redirect", "local", "--agents-cgroup", l.AgentsCgroup,
+		"--upstream-dns", netip.AddrPortFrom(netns.NetV4, 53).String(), "--upstream-ca", upCAFile,
+		"--allow-private-upstreams"}, extraArgs...)
+	if err := l.startServer(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Srv.Stop(); err != nil {
+			t.Logf("server stop: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", l.Srv.Log())
+		}
+		// the backstop stays after a stop (fail closed): remove it
+		if r := l.Srv.CLI("", nil, "server", "--cleanup", "--data-dir", l.Srv.DataDir); r.Code != 0 {
+			t.Logf("server --cleanup: exit %d: %s", r.Code, r.Stderr)
+		}
+	})
+	l.CLI(t, "owner-password-1\n", "setup", "--email", "owner@example.test")
+	l.CLI(t, "", "vault", "create", Vault)
+	l.CLI(t, Secret+"\n", "credential", "set", "--vault", Vault, "API_KEY")
+	l.CLI(t, "", "service", "add", "--vault", Vault, "--name", "api", "--host", APIHost,
+		"--auth", "bearer", "--credential", "API_KEY")
+	l.CLI(t, "", "agent", "create", "--vault", Vault, Agent, "--cgroup", l.AgentCgroupRel)
+	l.BrokerCAFile = filepath.Join(l.Dir, "agent-vault-ca.pem")
+	l.CLI(t, "", "ca", "export", "-o", l.BrokerCAFile)
+
+	// agents started through `ip netns exec` see this resolv.conf: a
+	// resolver that exists nowhere (the eBPF programs send DNS to the
+	// broker whatever the address)
+	etc := filepath.Join("/etc/netns", l.NS.Name)
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(etc) })
+	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver "+Resolver+"\noptions timeout:2 attempts:1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// startServer starts (or restarts, after Kill) the server and waits until
+// it is ready.
+func (l *Local) startServer() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	return l.Srv.Start(ctx)
+}
+
+// Restart starts the server again (after Srv.Kill or Srv.Stop) with the
+// same data dir, flags and ports.
+func (l *Local) Restart(t *testing.T) {
+	t.Helper()
+	if err := l.startServer(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func buildLocalLinks(t *testing.T, local, net *netns.NS) {
+	const macLocal, macNet = "02:77:02:00:00:01", "02:77:02:00:00:02"
+	local.MustIP(t, "link", "add", "net0", "address", macLocal, "type", "veth", "peer", "name", "eth0", "address", macNet, "netns", net.Name)
+	local.MustIP(t, "addr", "add", "10.77.2.1/24", "dev", "net0")
+	local.MustIP(t, "addr", "add", "fd77:2::1/64", "dev", "net0", "nodad")
+	net.MustIP(t, "addr", "add", "10.77.2.2/24", "dev", "eth0")
+	net.MustIP(t, "addr", "add", "fd77:2::2/64", "dev", "eth0", "nodad")
+	net.MustIP(t, "addr", "add", CanaryV4.String()+"/32", "dev", "eth0")
+	net.MustIP(t, "addr", "add", CanaryV6.String()+"/128", "dev", "eth0", "nodad")
+	local.MustIP(t, "link", "set", "net0", "up")
+	net.MustIP(t, "link", "set", "eth0", "up")
+	for _, ip := range []netip.Addr{netns.NetV4, netns.NetV6, CanaryV4, CanaryV6} {
+		local.MustIP(t, "neigh", "replace", ip.String(), "lladdr", macNet, "dev", "net0", "nud", "permanent")
+	}
+	for _, ip := range []netip.Addr{LocalV4, LocalV6} {
+		net.MustIP(t, "neigh", "replace", ip.String(), "lladdr", macLocal, "dev", "eth0", "nud", "permanent")
+	}
+	// Everything not local goes towards the fake internet, so a connection
+	// that escapes capture (to any address) is visible there.
+	local.MustIP(t, "route", "add", "default", "via", netns.NetV4.String())
+	local.MustIP(t, "-6", "route", "add", "default", "via", netns.NetV6.String())
+}
+
+// makeCgroups creates av-cg-<pid>-<hex> (the agents' cgroup) under the
+// cgroup2 mount, with the children "agent" and "stranger", removes stale
+// ones of dead runs, and removes them all in cleanup.
+func (l *Local) makeCgroups(t *testing.T) {
+	mount, err := cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.CgroupMount = mount
+	SweepCgroups(mount)
+	l.AgentsCgroup = filepath.Join(mount, netns.UniqueName("cg"))
+	l.AgentCgroup = filepath.Join(l.AgentsCgroup, "agent")
+	l.StrangerCgroup = filepath.Join(l.AgentsCgroup, "stranger")
+	l.AgentCgroupRel = strings.TrimPrefix(l.AgentCgroup, mount)
+	for _, dir := range []string{l.AgentsCgroup, l.AgentCgroup, l.StrangerCgroup} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatalf("create cgroup: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		l.closeFDs()
+		if err := RemoveCgroupTree(l.AgentsCgroup); err != nil {
+			t.Errorf("cgroup left behind: %v", err)
+		}
+	})
+}
+
+// SweepCgroups removes av-* cgroup trees directly under mount whose
+// creating test process is gone.
+func SweepCgroups(mount string) {
+	entries, err := os.ReadDir(mount)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.IsDir() && netns.Stale(e.Name()) {
+			_ = RemoveCgroupTree(filepath.Join(mount, e.Name()))
+		}
+	}
+}
+
+// RemoveCgroupTree removes a cgroup and its descendants (deepest first),
+// retrying briefly while the last processes exit (bounded: about 2 s).
+func RemoveCgroupTree(dir string) error {
+	var dirs []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	var last error
+	for i := len(dirs) - 1; i >= 0; i-- {
+		last = nil
+		for try := 0; try < 100; try++ {
+			err := os.Remove(dirs[i])
+			if err == nil || os.IsNotExist(err) {
+				last = nil
+				break
+			}
+			last = err
+			time.Sleep(20 * time.Millisecond)
+		}
+		if last != nil {
+			return fmt.Errorf("remove cgroup %s: %w", dirs[i], last)
+		}
+	}
+	return nil
+}
+
+// cgroup2Mount finds the cgroup2 entry of /proc/self/mountinfo (a test
+// helper's own copy: this package imports nothing of the product).
+func cgroup2Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		pf, sf := strings.Fields(pre), strings.Fields(post)
+		if len(pf) >= 5 && len(sf) >= 1 && sf[0] == "cgroup2" {
+			return strings.ReplaceAll(pf[4], `\040`, " "), nil
+		}
+	}
+	return "", fmt.Errorf("no cgroup2 mount in /proc/self/mountinfo")
+}
+
+// CLI runs the agent-vault CLI in the appliance's namespace (as the
+// operator: outside the agents' cgroup), failing the test unless it exits 0.
+func (l *Local) CLI(t *testing.T, stdin string, args ...string) string {
+	t.Helper()
+	out, err := l.Srv.MustCLI(stdin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Command runs name in the appliance's namespace (through `ip netns exec`,
+// which also gives it the namespace's resolv.conf), with no proxy variables,
+// started directly inside the cgroup at cgroupPath; "" leaves it in the
+// test's own cgroup: a process that is not an agent. The cgroup's directory
+// is opened at Start and closed when the command ends.
+func (l *Local) Command(ctx context.Context, cgroupPath, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.NS.Name, name}, args...)...)
+	cmd.Env = netns.CleanEnv()
+	if cgroupPath != "" {
+		fd, err := l.cgroupFD(cgroupPath)
+		if err != nil {
+			cmd.Err = err // Start reports it
+			return cmd
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	}
+	return cmd
+}
+
+// cgroupFD returns an open descriptor of the cgroup directory at path,
+// opened once and closed when the test ends.
+func (l *Local) cgroupFD(path string) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f, ok := l.fds[path]; ok {
+		return int(f.Fd()), nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return -1, fmt.Errorf("open cgroup %s: %w", path, err)
+	}
+	if l.fds == nil {
+		l.fds = map[string]*os.File{}
+	}
+	l.fds[path] = f
+	return int(f.Fd()), nil
+}
+
+func (l *Local) closeFDs() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for p, f := range l.fds {
+		f.Close()
+		delete(l.fds, p)
+	}
+}
+
+// AgentCommand is Command in the cgroup bound to Agent.
+func (l *Local) AgentCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return l.Command(ctx, l.AgentCgroup, name, args...)
+}
+
+// Curl runs curl as the agent (in AgentCgroup), trusting only the
+// appliance's CA, and returns its stdout, stderr and exit code.
+func (l *Local) Curl(args ...string) (stdout, stderr string, code int) {
+	return l.CurlIn(l.AgentCgroup, args...)
+}
+
+// CurlIn runs curl in the cgroup at cgroupPath ("" = not an agent).
+func (l *Local) CurlIn(cgroupPath string, args ...string) (stdout, stderr string, code int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full := append([]string{"-sS", "--max-time", "10", "--cacert", l.BrokerCAFile}, args...)
+	return runCmd(l.Command(ctx, cgroupPath, "curl", full...))
+}
+
+// AuditJSON returns `audit list --json` rows (newest first) with extra flags.
+func (l *Local) AuditJSON(t *testing.T, args ...string) []map[string]any {
+	t.Helper()
+	return auditRows(t, l.Srv, args...)
+}
+
+// Received is what either API upstream (v4 or v6) received.
+func (l *Local) Received() []harness.Received {
+	return append(l.API4.Received(), l.API6.Received()...)
+}
+
+// String describes the appliance for failure messages.
+func (l *Local) String() string {
+	return fmt.Sprintf("local appliance in %s (net %s, agents' cgroup %s)", l.NS.Name, l.Net.Name, l.AgentsCgroup)
+}
+
+func runCmd(cmd *exec.Cmd) (stdout, stderr string, code int) {
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+		e.WriteString(err.Error())
+	}
+	return o.String(), e.String(), code
+}
+
+// auditRows runs `audit list --json` and returns its rows (newest first),
+// whatever the list's envelope is called.
+func auditRows(t *testing.T, srv *harness.Server, args ...string) []map[string]any {
+	t.Helper()
+	var raw any
+	if err := srv.CLIJSON(&raw, "", append([]string{"audit", "list", "--limit", "1000"}, args...)...); err != nil {
+		t.Fatal(err)
+	}
+	var rows []map[string]any
+	add := func(list []any) {
+		for _, r := range list {
+			if m, ok := r.(map[string]any); ok {
+				rows = append(rows, m)
+			}
+		}
+	}
+	switch v := raw.(type) {
+	case []any:
+		add(v)
+	case map[string]any:
+		for _, key := range []string{"rows", "events", "items"} {
+			if list, ok := v[key].([]any); ok {
+				add(list)
+			}
+		}
+	default:
+		t.Fatalf("audit list --json printed %T", raw)
+	}
+	return rows
+}
