@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/agentvault/agent-vault/admin"
 	"github.com/agentvault/agent-vault/dnsproxy"
 	"github.com/agentvault/agent-vault/mitm"
 	"github.com/agentvault/agent-vault/mitm/ca"
@@ -268,6 +270,11 @@ func newBroker(cfg *serverConfig, authority *ca.Authority, st *store.Store, root
 		AllowPrivateUpstreams: cfg.AllowPrivate,
 		DialControl:           markControl(cfg.Redirect),
 		SelfAddrs:             self,
-		Logger:                log,
+		// agent-vault.internal: /v1/services and /v1/proposals, the agent
+		// identified by the data path (network identity or proxy token)
+		Internal: admin.NewAgentAPI(st, func(r *http.Request) (policy.Agent, bool) {
+			return mitm.AgentFromContext(r.Context())
+		}, log),
+		Logger: log,
 	})
 }
