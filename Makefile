@@ -7,7 +7,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 RUN_FLAGS ?=
 TEST_FLAGS ?=
 
-.PHONY: build run demo test vet bench bench-quick clean
+.PHONY: build run demo test vet generate bench bench-quick clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/agent-vault
@@ -19,12 +19,20 @@ run: build
 
 # Every test. Privileged tests (netns, iptables, eBPF) run as root and skip
 # otherwise; AGENT_VAULT_REQUIRE_PRIVILEGED=1 turns those skips into failures.
+# The concurrent packages run a second time under the race detector.
+RACE_PKGS := ./policy ./audit ./store ./admin/... ./mitm/... ./dnsproxy
 test: vet
 	$(GO) test -count=1 $(TEST_FLAGS) ./...
+	$(GO) test -race -count=1 $(TEST_FLAGS) $(RACE_PKGS)
 
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+# Regenerates the eBPF objects from bpf/*.c (needs clang, llvm, libbpf-dev);
+# bpf's tests fail when the committed objects are stale.
+generate:
+	$(GO) generate ./bpf
 
 clean:
 	rm -rf bin
