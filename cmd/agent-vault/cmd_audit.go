@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strconv"
@@ -9,8 +12,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/agentvault/agent-vault/admin/api"
+	"github.com/agentvault/agent-vault/admin/client"
 	"github.com/agentvault/agent-vault/audit"
 )
 
@@ -112,7 +117,139 @@ names the first bad row.`,
 		},
 	}
 	verify.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
-	cmd.AddCommand(list, verify)
+	cmd.AddCommand(list, verify, a.auditTailCmd(), a.auditExportCmd())
+	return cmd
+}
+
+// streamFilterFlags are the filters of audit tail and export.
+func streamFilterFlags(fl *pflag.FlagSet, f *api.AuditFilter, after *uint64) {
+	fl.StringVar(&f.Vault, "vault", "", "only this vault")
+	fl.StringVar(&f.Agent, "agent", "", "only this agent")
+	fl.StringVar(&f.User, "user", "", "only this user (email)")
+	fl.StringVar(&f.Action, "action", "", "only this action (request, proposal.approve, ...)")
+	fl.StringVar(&f.Decision, "decision", "", "only allow or deny")
+	fl.StringVar(&f.Since, "since", "", "only rows newer than this (duration ago, or RFC 3339)")
+	fl.StringVar(&f.Until, "until", "", "only rows older than this (duration ago, or RFC 3339)")
+	fl.Uint64Var(after, "after", 0, "only rows after this seq")
+}
+
+func auditRow(e audit.Event) string {
+	req := strings.TrimSpace(e.Method + " " + e.Host + e.Path)
+	target := firstNonEmpty(e.Target, e.Service, e.Credential)
+	line := fmt.Sprintf("%d  %s  %s:%s  %s", e.Seq, e.Time.Local().Format(time.DateTime), e.Actor.Kind, e.Actor.Name, e.Action)
+	for _, kv := range [][2]string{{"vault", e.Vault}, {"target", target}, {"decision", e.Decision}, {"reason", e.Reason}, {"request", req}} {
+		if kv[1] != "" {
+			line += "  " + kv[0] + "=" + clean(kv[1])
+		}
+	}
+	if e.Status != 0 {
+		line += "  status=" + strconv.Itoa(e.Status)
+	}
+	return line
+}
+
+func (a *app) auditTailCmd() *cobra.Command {
+	var f api.AuditFilter
+	var after uint64
+	var count int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "tail [filters] [--json] [--count N]",
+		Short: "Follow the audit log live",
+		Long: `Prints new audit rows as they are committed (server-sent events from
+GET /api/v1/audit/stream), until interrupted or --count rows were printed.
+--after SEQ starts after that row instead of with the next new one. With --json
+each row is one JSON line.`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.Decision != "" && f.Decision != audit.DecisionAllow && f.Decision != audit.DecisionDeny {
+				return usagef("--decision must be allow or deny")
+			}
+			if count < 0 {
+				return usagef("--count must not be negative")
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			n := 0
+			err = c.AuditStream(cmd.Context(), f, after, func(e audit.Event) error {
+				if asJSON {
+					b, err := json.Marshal(e)
+					if err != nil {
+						return err
+					}
+					if _, err := fmt.Fprintf(a.stdout, "%s\n", b); err != nil {
+						return err
+					}
+				} else if _, err := fmt.Fprintln(a.stdout, auditRow(e)); err != nil {
+					return err
+				}
+				n++
+				if count > 0 && n >= count {
+					return client.ErrStop
+				}
+				return nil
+			})
+			if err != nil && cmd.Context().Err() == nil {
+				return a.explainControl(cmd, err)
+			}
+			return nil
+		},
+	}
+	streamFilterFlags(cmd.Flags(), &f, &after)
+	cmd.Flags().IntVar(&count, "count", 0, "exit after this many rows (default: follow until interrupted)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print each row as one JSON line")
+	return cmd
+}
+
+func (a *app) auditExportCmd() *cobra.Command {
+	var f api.AuditFilter
+	var after uint64
+	var out string
+	cmd := &cobra.Command{
+		Use:   "export [filters] [-o FILE]",
+		Short: "Write audit rows as JSON lines, oldest first",
+		Long: `Writes every audit row matching the filters as JSON lines (one row per line,
+oldest first, with seq, prev_hash and hash, so the chain can be checked
+offline) to stdout or to FILE (mode 0600).`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.Decision != "" && f.Decision != audit.DecisionAllow && f.Decision != audit.DecisionDeny {
+				return usagef("--decision must be allow or deny")
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			var w io.Writer = a.stdout
+			var file *os.File
+			if out != "" && out != "-" {
+				if file, err = os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600); err != nil {
+					return fmt.Errorf("create %s: %w", out, err)
+				}
+				defer file.Close()
+				w = file
+			}
+			bw := bufio.NewWriter(w)
+			n, err := c.AuditExport(cmd.Context(), f, after, bw)
+			if ferr := bw.Flush(); err == nil && ferr != nil {
+				err = fmt.Errorf("write export: %w", ferr)
+			}
+			if err != nil {
+				return a.explainControl(cmd, err)
+			}
+			if file != nil {
+				if err := file.Close(); err != nil {
+					return fmt.Errorf("write %s: %w", out, err)
+				}
+				fmt.Fprintf(a.stderr, "%d audit rows written to %s.\n", n, out)
+			}
+			return nil
+		},
+	}
+	streamFilterFlags(cmd.Flags(), &f, &after)
+	cmd.Flags().StringVarP(&out, "output", "o", "", "write to this file instead of stdout")
 	return cmd
 }
 
