@@ -110,9 +110,9 @@ type Config struct {
 	// StreamHeartbeat is how often the audit stream sends a comment line to
 	// keep idle connections open; default 15 s.
 	StreamHeartbeat time.Duration
-	Password   PasswordParams   // default DefaultPasswordParams
-	Now        func() time.Time // default time.Now
-	Version    string
+	Password        PasswordParams   // default DefaultPasswordParams
+	Now             func() time.Time // default time.Now
+	Version         string
 }
 
 // Server is the admin HTTP API.
