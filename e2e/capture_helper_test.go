@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -121,7 +122,18 @@ func capHelperHold(args []string) error {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pem)
 	network, host, path := args[1], args[2], args[3]
-	target := net.JoinHostPort(host, "443")
+	// Resolve once (through the broker's DNS, as any client would), so the
+	// second connection goes to the same address even when the revoked
+	// agent's DNS is refused. (The connection's RemoteAddr would not do: in
+	// local mode it is the broker's rewritten address.)
+	family := map[string]string{"tcp": "ip", "tcp4": "ip4", "tcp6": "ip6"}[network]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, family, host)
+	cancel()
+	if err != nil || len(ips) == 0 {
+		return fmt.Errorf("resolve %s: %v", host, err)
+	}
+	target := netip.AddrPortFrom(ips[0].Unmap(), 443).String()
 	dial := func() (*tls.Conn, error) {
 		d := &net.Dialer{Timeout: 5 * time.Second}
 		return tls.DialWithDialer(d, network, target,
@@ -157,8 +169,6 @@ func capHelperHold(args []string) error {
 	}
 	fmt.Println("closed")
 	c.Close()
-	// the same address again (a revoked agent's DNS is refused)
-	target = c.RemoteAddr().String()
 	c2, err := dial()
 	if err != nil {
 		fmt.Println("error", err)
