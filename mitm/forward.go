@@ -35,7 +35,8 @@ type forward struct {
 	tls     bool
 	dest    dest
 	log     *reqLog
-	forms   [][]byte // every encoding of every injected value, for scrubbing
+	forms   [][]byte        // every encoding of every injected value, for scrubbing
+	scrub   *scrub.Scrubber // forms compiled once for headers, body and trailers
 	injErr  error
 	errCode string
 	status  int // the upstream's status, seen in ModifyResponse
@@ -157,6 +158,7 @@ func (b *Broker) rewrite(pr *httputil.ProxyRequest) {
 	}
 	if f.svc.Auth.Kind != policy.AuthNone {
 		f.forms = scrub.Forms(append(injected, f.secret))
+		f.scrub = scrub.New(f.forms)
 	}
 }
 
@@ -169,10 +171,10 @@ func (b *Broker) modifyResponse(resp *http.Response) error {
 		return nil
 	}
 	f.status = resp.StatusCode
-	if len(f.forms) == 0 {
+	if f.scrub == nil || f.scrub.Empty() {
 		return nil
 	}
-	scrub.Header(resp.Header, f.forms)
+	f.scrub.Header(resp.Header)
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return nil // WebSocket frames are relayed unscrubbed (see doc.go)
 	}
@@ -180,7 +182,7 @@ func (b *Broker) modifyResponse(resp *http.Response) error {
 		return errEncodedBody
 	}
 	// Redaction keeps lengths (mitm/scrub), so Content-Length stays valid.
-	resp.Body = scrub.Reader(&trailerScrubber{ReadCloser: resp.Body, resp: resp, forms: f.forms}, f.forms)
+	resp.Body = f.scrub.Reader(&trailerScrubber{ReadCloser: resp.Body, resp: resp, s: f.scrub})
 	return nil
 }
 
@@ -188,14 +190,14 @@ func (b *Broker) modifyResponse(resp *http.Response) error {
 // (the transport fills them in then).
 type trailerScrubber struct {
 	io.ReadCloser
-	resp  *http.Response
-	forms [][]byte
+	resp *http.Response
+	s    *scrub.Scrubber
 }
 
 func (t *trailerScrubber) Read(p []byte) (int, error) {
 	n, err := t.ReadCloser.Read(p)
 	if err == io.EOF && len(t.resp.Trailer) > 0 {
-		scrub.Header(t.resp.Trailer, t.forms)
+		t.s.Header(t.resp.Trailer)
 	}
 	return n, err
 }

@@ -56,6 +56,8 @@ type memSink struct {
 	mu     sync.Mutex
 	events []audit.Event
 	fail   atomic.Bool
+	quiet  bool // numbers events without keeping them (benchmarks)
+	n      uint64
 }
 
 func (s *memSink) Append(ctx context.Context, ev *audit.Event) error {
@@ -67,6 +69,11 @@ func (s *memSink) Append(ctx context.Context, ev *audit.Event) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.quiet {
+		s.n++
+		ev.Seq = s.n
+		return nil
+	}
 	ev.Seq = uint64(len(s.events) + 1)
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
@@ -124,6 +131,7 @@ type upstream struct {
 	mu      sync.Mutex
 	got     []received
 	release chan struct{} // /sse waits on it between its two events
+	quiet   bool          // set before use: /small answers a fixed body, unrecorded (benchmarks)
 }
 
 func (u *upstream) received() []received {
@@ -132,7 +140,15 @@ func (u *upstream) received() []received {
 	return append([]received(nil), u.got...)
 }
 
+var smallBody = []byte(`{"id":"cmpl-1","object":"chat.completion","model":"bench","choices":[{"text":"ok"}],"usage":{}}` + "\n")
+
 func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if u.quiet && r.URL.Path == "/small" {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(smallBody)
+		return
+	}
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	u.mu.Lock()
 	u.got = append(u.got, received{r.Method, r.Host, r.URL.Path, r.URL.RawQuery, r.Proto, r.Header.Clone(), string(body)})

@@ -8,7 +8,8 @@ import (
 )
 
 // TestHeldTailBounded checks after every Read that the reader holds at most
-// the longest form minus one byte and never grows its buffer.
+// the longest form minus one byte and never grows its buffer, and that the
+// buffer goes back to the pool once the stream is drained.
 func TestHeldTailBounded(t *testing.T) {
 	secret := []byte("tok_SENTINEL_abcdefghijklmnop")
 	s := New(Forms([][]byte{secret}))
@@ -21,7 +22,10 @@ func TestHeldTailBounded(t *testing.T) {
 		}
 	}
 	r := s.Reader(io.NopCloser(iotest.HalfReader(bytes.NewReader(in)))).(*reader)
-	size := len(r.buf)
+	if r.buf != nil {
+		t.Fatal("buffer taken before the first Read")
+	}
+	size, capa := readChunk+s.maxLen, -1
 	p := make([]byte, 777)
 	total := 0
 	for {
@@ -30,11 +34,17 @@ func TestHeldTailBounded(t *testing.T) {
 		if held := r.n - r.safe; held > s.MaxHold() {
 			t.Fatalf("holds %d bytes, bound is %d", held, s.MaxHold())
 		}
-		if len(r.buf) != size || cap(r.buf) != size {
-			t.Fatal("buffer grew")
-		}
 		if err == io.EOF {
+			if r.buf != nil {
+				t.Fatal("buffer kept after the end of the stream")
+			}
 			break
+		}
+		if capa < 0 {
+			capa = cap(r.buf)
+		}
+		if len(r.buf) != size || cap(r.buf) != capa {
+			t.Fatal("buffer grew")
 		}
 		if err != nil {
 			t.Fatal(err)

@@ -3,11 +3,35 @@ package scrub
 import (
 	"bytes"
 	"io"
+	"sync"
 )
 
 // readChunk is how much a reader asks its source for at once (plus room for
 // the held tail).
 const readChunk = 32 << 10
+
+// pooledMax is the longest buffer (readChunk plus a held tail) kept in
+// bufPool; readers for longer forms allocate their own.
+const pooledMax = readChunk + 4<<10
+
+// bufPool recycles reader buffers: a reader takes one at its first Read and
+// gives it back once its source ended and everything was returned, so a
+// request's response costs no 32 KiB allocation.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, pooledMax); return &b }}
+
+func getBuf(n int) []byte {
+	if n > pooledMax {
+		return make([]byte, n)
+	}
+	return (*bufPool.Get().(*[]byte))[:n]
+}
+
+func putBuf(b []byte) {
+	if cap(b) == pooledMax {
+		b = b[:pooledMax]
+		bufPool.Put(&b)
+	}
+}
 
 // maxEmptyReads bounds how often a source may return nothing without an
 // error before Read gives up with io.ErrNoProgress.
@@ -25,7 +49,7 @@ const maxEmptyReads = 100
 type reader struct {
 	s       *Scrubber
 	src     io.ReadCloser
-	buf     []byte
+	buf     []byte // nil before the first Read and after the last
 	rpos    int
 	safe    int
 	n       int
@@ -45,7 +69,15 @@ func (r *reader) Read(p []byte) (int, error) {
 			return k, nil
 		}
 		if r.err != nil {
+			// drained: only Read touches buf, so it can go back now
+			if r.buf != nil {
+				putBuf(r.buf)
+				r.buf = nil
+			}
 			return 0, r.err
+		}
+		if r.buf == nil {
+			r.buf = getBuf(readChunk + r.s.maxLen)
 		}
 		// move the held tail to the front and read after it
 		r.n = copy(r.buf, r.buf[r.safe:r.n])

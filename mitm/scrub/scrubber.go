@@ -198,7 +198,7 @@ func (s *Scrubber) Reader(r io.ReadCloser) io.ReadCloser {
 	if s.Empty() {
 		return r
 	}
-	return &reader{s: s, src: r, buf: make([]byte, readChunk+s.maxLen)}
+	return &reader{s: s, src: r}
 }
 
 // Reader returns r with every form redacted, as New(forms).Reader(r).
