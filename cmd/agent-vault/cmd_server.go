@@ -28,6 +28,7 @@ type serverConfig struct {
 	UpstreamCA      string   // PEM file of extra upstream roots
 	AllowPrivate    bool     // --allow-private-upstreams
 	Cleanup         bool     // remove leftovers and exit
+	AuditRetention  string   // e.g. "90d"; "" keeps every row
 
 	MasterPasswordFile string
 	Insecure           bool // --insecure-no-master-password
@@ -110,6 +111,7 @@ it runs, the admin listener's bound address is in admin.addr in the data dir
 	f.BoolVar(&cfg.Insecure, "insecure-no-master-password", false, "DEMO ONLY: keep the store unencrypted, no master password")
 	f.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&cfg.Cleanup, "cleanup", false, "remove every rule, BPF link and pin a previous run left, then exit")
+	f.StringVar(&cfg.AuditRetention, "audit-retention", "", "delete audit rows older than this (e.g. 90d, 720h); the deletion is itself audited and the chain stays verifiable; empty keeps everything")
 	f.BoolVarP(&cfg.Detach, "detach", "d", false, "run in the background (pid and log file in the data dir)")
 	f.IntVar(&cfg.passwordFD, "master-password-fd", 0, "read the master password from this file descriptor")
 	f.IntVar(&cfg.readyFD, "ready-fd", 0, "write the admin address to this file descriptor once ready")
@@ -135,6 +137,9 @@ func (cfg *serverConfig) validate() error {
 	}
 	if cfg.DataDir == "" {
 		return usagef("--data-dir must not be empty")
+	}
+	if _, err := parseRetention(cfg.AuditRetention); err != nil {
+		return usagef("--audit-retention: %v", err)
 	}
 	if cfg.AdminAddr == "" {
 		return usagef("--admin-addr must not be empty")

@@ -90,6 +90,12 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 	}
 	stops.push("pid file", func(context.Context) error { return removeIfOurs(filepath.Join(cfg.DataDir, pidFile)) })
 
+	if keep, _ := parseRetention(cfg.AuditRetention); keep > 0 {
+		pruneCtx, stopPrune := context.WithCancel(ctx)
+		go pruneAudit(pruneCtx, st, keep, log)
+		stops.push("audit retention", func(context.Context) error { stopPrune(); return nil })
+	}
+
 	// 3. CA
 	authority, err := loadCA(st, log)
 	if err != nil {
