@@ -113,7 +113,8 @@ func urlHost(a netip.Addr) string {
 }
 
 // probeScript is a raw socket client: tcp connects and sends a line; udp
-// sends three datagrams on a connected socket and waits for a reply. Exit 3:
+// sends three datagrams on a connected socket and waits for a reply; icmp
+// sends an echo request and waits for the reply. Exit 3:
 // refused (RST or ICMP port unreachable), 4: timed out, 0: sent (tcp) or a
 // reply came (udp).
 const probeScript = `
@@ -124,6 +125,21 @@ try:
     if proto=='tcp':
         s=socket.socket(fam,socket.SOCK_STREAM); s.settimeout(1)
         s.connect((host,port)); s.sendall(b'canary-probe\n'); s.close(); print('sent')
+    elif proto=='icmp':
+        payload=b'canary-probe'
+        if fam==socket.AF_INET:
+            s=socket.socket(fam,socket.SOCK_RAW,socket.IPPROTO_ICMP)
+            p=bytes([8,0,0,0,0x12,0x34,0,1])+payload
+            c=sum((p[i]<<8)+p[i+1] for i in range(0,len(p),2)); c=(c>>16)+(c&0xffff); c=~(c+(c>>16))&0xffff
+            p=p[:2]+bytes([c>>8,c&0xff])+p[4:]
+        else:
+            s=socket.socket(fam,socket.SOCK_RAW,socket.IPPROTO_ICMPV6)
+            p=bytes([128,0,0,0,0x12,0x34,0,1])+payload
+        s.settimeout(1); s.sendto(p,(host,0))
+        while True:
+            d,a=s.recvfrom(2048)
+            t=d[(d[0]&15)*4] if fam==socket.AF_INET else d[0]
+            if a[0]==host and t in (0,129): print('reply'); break
     else:
         s=socket.socket(fam,socket.SOCK_DGRAM); s.settimeout(1)
         s.connect((host,port))
