@@ -158,7 +158,7 @@ Exit codes: 0 success, 1 failure, 2 usage error.`,
 	root.PersistentFlags().StringVar(&a.server, "server", "",
 		"admin API address (env AGENT_VAULT_ADDR; default "+client.DefaultAddr+")")
 	root.AddCommand(a.serverCmd(), a.setupCmd(), a.loginCmd(), a.logoutCmd(), a.vaultCmd(), a.credentialCmd(),
-		a.serviceCmd(), a.agentCmd(), a.auditCmd(), a.caCmd(), a.versionCmd())
+		a.serviceCmd(), a.agentCmd(), a.auditCmd(), a.caCmd(), a.versionCmd(), a.runCmd(), a.doctorCmd())
 	root.AddCommand(a.proposalCmd(), a.userCmd(), a.whoamiCmd()) // control plane: cmd_proposal.go, cmd_user.go
 	for _, c := range root.Commands() {
 		setArgsRecursively(c)
