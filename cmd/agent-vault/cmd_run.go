@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/agentvault/agent-vault/admin/api"
 	"github.com/agentvault/agent-vault/admin/client"
@@ -100,6 +101,13 @@ func (a *app) runAgent(cmd *cobra.Command, o runOptions, argv []string) error {
 		}
 		o.agent = "run-" + hex.EncodeToString(b[:])
 	}
+	var agentsCgroup string
+	if o.mode == "local" {
+		var err error
+		if agentsCgroup, err = localRunReady(o.agentsCgroup); err != nil {
+			return err
+		}
+	}
 	ctx := cmd.Context()
 	c, err := a.client()
 	if err != nil {
@@ -147,7 +155,7 @@ func (a *app) runAgent(cmd *cobra.Command, o runOptions, argv []string) error {
 	var proxyURL *url.URL
 	switch o.mode {
 	case "local":
-		cg, rel, err := prepareRunCgroup(o.agentsCgroup, o.agent)
+		cg, rel, err := makeRunCgroup(agentsCgroup, o.agent)
 		if err != nil {
 			return err
 		}
@@ -270,28 +278,38 @@ func (a *app) proxyURL(flag string) (*url.URL, error) {
 	return u, nil
 }
 
-// prepareRunCgroup checks local mode's requirements and creates
-// <agents' cgroup>/<name>; it returns its absolute path and its path below
-// the cgroup2 mount (what agent create --cgroup takes).
-func prepareRunCgroup(agentsFlag, name string) (abs, rel string, err error) {
+// localRunReady checks local mode's requirements (root, cgroup v2, the
+// agents' cgroup with the server's capture attached) and returns the agents'
+// cgroup's absolute path.
+func localRunReady(agentsFlag string) (string, error) {
 	const hint = "use --mode proxy (HTTPS_PROXY through the explicit proxy) instead"
 	if os.Geteuid() != 0 {
-		return "", "", withHint(errors.New("--mode local needs root (to create a cgroup and start the command in it)"), hint)
+		return "", withHint(errors.New("--mode local needs root (to create a cgroup and start the command in it)"), hint)
 	}
 	mount, err := redirect.Cgroup2Mount()
 	if err != nil {
-		return "", "", withHint(fmt.Errorf("--mode local needs cgroup v2: %w", err), hint)
+		return "", withHint(fmt.Errorf("--mode local needs cgroup v2: %w", err), hint)
 	}
 	agents := agentsFlag
 	if !filepath.IsAbs(agents) || !strings.HasPrefix(agents, mount+"/") {
 		agents = filepath.Join(mount, strings.TrimPrefix(agentsFlag, "/"))
 	}
 	if _, err := os.Stat(agents); err != nil {
-		return "", "", withHint(fmt.Errorf("the agents' cgroup %s does not exist", agents),
+		return "", withHint(fmt.Errorf("the agents' cgroup %s does not exist", agents),
 			"start 'agent-vault server --redirect local' first (it creates it), check --agents-cgroup, or "+hint)
 	}
 	if err := checkCaptureAttached(agents); err != nil {
-		return "", "", withHint(err, "start 'agent-vault server --redirect local --agents-cgroup "+agentsFlag+"', or "+hint)
+		return "", withHint(err, "start 'agent-vault server --redirect local --agents-cgroup "+agentsFlag+"', or "+hint)
+	}
+	return agents, nil
+}
+
+// makeRunCgroup creates <agents>/<name>; it returns its absolute path and
+// its path below the cgroup2 mount (what agent create --cgroup takes).
+func makeRunCgroup(agents, name string) (abs, rel string, err error) {
+	mount, err := redirect.Cgroup2Mount()
+	if err != nil {
+		return "", "", err
 	}
 	abs = filepath.Join(agents, name)
 	if err := os.Mkdir(abs, 0o755); err != nil {
@@ -308,7 +326,9 @@ func checkCaptureAttached(cgroup string) error {
 		return fmt.Errorf("open %s: %w", cgroup, err)
 	}
 	defer f.Close()
-	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	// effective programs: attached to this cgroup or inherited from above
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect,
+		QueryFlags: unix.BPF_F_QUERY_EFFECTIVE})
 	if err != nil {
 		return fmt.Errorf("--mode local needs BPF: cannot query the programs of %s: %w", cgroup, err)
 	}
