@@ -81,6 +81,11 @@ type Store struct {
 	changed subscribers // policy-relevant changes
 	audited subscribers // new audit rows
 
+	// onPolicyChange runs synchronously after each policy-relevant commit
+	// (SetOnPolicyChange); policyMu serializes its calls.
+	onPolicyChange atomic.Pointer[func()]
+	policyMu       sync.Mutex
+
 	// group-commit audit writer
 	closeMu    sync.RWMutex
 	closed     bool
@@ -309,6 +314,24 @@ func (s *Store) Path() string { return s.path }
 // agents. Each call returns a new subscription; cancel ends it.
 func (s *Store) Changed() (ch <-chan struct{}, cancel func()) { return s.changed.subscribe() }
 
+// SetOnPolicyChange registers fn to run synchronously after every committed
+// change to vaults, services or agents (and proposals applied), before the
+// mutating method returns, so a caller that gets an answer — the admin API —
+// knows the data path already enforces the change. Calls are serialized, so
+// fn may rebuild and swap a snapshot without its own lock; fn must not
+// mutate the store.
+func (s *Store) SetOnPolicyChange(fn func()) { s.onPolicyChange.Store(&fn) }
+
+// policyChanged runs the synchronous hook, then pokes the subscribers.
+func (s *Store) policyChanged() {
+	if fn := s.onPolicyChange.Load(); fn != nil && *fn != nil {
+		s.policyMu.Lock()
+		(*fn)()
+		s.policyMu.Unlock()
+	}
+	s.changed.poke()
+}
+
 // AuditAppended is like Changed for new audit rows (for live tails).
 func (s *Store) AuditAppended() (ch <-chan struct{}, cancel func()) { return s.audited.subscribe() }
 
@@ -398,7 +421,7 @@ func (s *Store) update(m *mutation, fn func(tx *bolt.Tx) error) error {
 		return err
 	}
 	if m.policy {
-		s.changed.poke()
+		s.policyChanged()
 	}
 	s.audited.poke()
 	return nil

@@ -43,7 +43,7 @@ func (s *Store) updateEvents(policyChange bool, fn func(tx *bolt.Tx) ([]audit.Ev
 		return err
 	}
 	if policyChange {
-		s.changed.poke()
+		s.policyChanged()
 	}
 	if appended {
 		s.audited.poke()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -80,28 +79,15 @@ func (b *snapshotBuilder) build() (*policy.Snapshot, error) {
 	return policy.NewSnapshot(in), nil
 }
 
-// watchPolicy rebuilds the snapshot after every store change and hands it
-// to apply, until ctx ends. Changes arriving while a rebuild runs coalesce
-// into one more rebuild.
-func watchPolicy(ctx context.Context, b *snapshotBuilder, apply func(*policy.Snapshot)) {
-	changed, cancel := b.st.Changed()
-	defer cancel()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case _, ok := <-changed:
-			if !ok {
-				return
-			}
-			snap, err := b.build()
-			if err != nil {
-				b.log.Error("policy snapshot rebuild failed; keeping the previous one", "err", err)
-				continue
-			}
-			apply(snap)
-		}
+// rebuild makes a new snapshot and hands it to apply; on failure the
+// previous snapshot stays in force (and the failure is logged).
+func (b *snapshotBuilder) rebuild(apply func(*policy.Snapshot)) {
+	snap, err := b.build()
+	if err != nil {
+		b.log.Error("policy snapshot rebuild failed; keeping the previous one", "err", err)
+		return
 	}
+	apply(snap)
 }
 
 // upstreamRoots is the system roots plus --upstream-ca.

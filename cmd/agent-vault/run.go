@@ -168,9 +168,10 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 		dns.SetPolicy(s)
 	}
 	apply(snap)
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	go watchPolicy(watchCtx, snaps, apply)
-	stops.push("policy watcher", func(context.Context) error { stopWatch(); return nil })
+	// Every change is in force in the data path before the admin API
+	// answers: the store runs this after each policy-relevant commit.
+	st.SetOnPolicyChange(func() { snaps.rebuild(apply) })
+	stops.push("policy hook", func(context.Context) error { st.SetOnPolicyChange(nil); return nil })
 	serve(serveErr, "transparent listener", func() error { return broker.ServeTransparent(dp.transparent) })
 	if dp.proxy != nil {
 		serve(serveErr, "explicit proxy", func() error { return broker.ServeProxy(dp.proxy) })
