@@ -20,7 +20,7 @@ import (
 type bypass struct {
 	name string
 	dst  netip.Addr // decides the family
-	run  func(g *appliance.Gateway) (out string, code int)
+	run  func() (out string, code int)
 	// client outcome: one of these exit codes, and want in the output
 	codes []int
 	want  string
@@ -47,12 +47,12 @@ func requestRow(decision, reason, host, path string) func(appliance.AuditRow) bo
 	}
 }
 
-func cmd(name string, args ...string) func(g *appliance.Gateway) (string, int) {
-	return func(g *appliance.Gateway) (string, int) { return g.Run(10*time.Second, name, args...) }
+func cmd(r *rig, name string, args ...string) func() (string, int) {
+	return func() (string, int) { return r.run(10*time.Second, name, args...) }
 }
 
 // bypassScenarios lists every bypass of the issue's point 4, for one family.
-func bypassScenarios(g *appliance.Gateway, v6 bool) []bypass {
+func bypassScenarios(g *appliance.Gateway, r *rig, v6 bool) []bypass {
 	canary, api, gw := appliance.CanaryV4, g.Topo.NetV4, g.Topo.GWAgentV4
 	reject, f := "icmp-port-unreachable", "-4"
 	if v6 {
@@ -61,8 +61,8 @@ func bypassScenarios(g *appliance.Gateway, v6 bool) []bypass {
 	}
 	iface := g.Topo.GWAgentIface
 	ca := g.BrokerCAFile
-	curl := func(args ...string) func(g *appliance.Gateway) (string, int) {
-		return cmd("curl", append([]string{"-sS", f, "--max-time", "3", "--cacert", ca}, args...)...)
+	curl := func(args ...string) func() (string, int) {
+		return cmd(r, "curl", append([]string{"-sS", f, "--max-time", "3", "--cacert", ca}, args...)...)
 	}
 	resolve := func(name string, port int, a netip.Addr) string {
 		return fmt.Sprintf("%s:%d:%s", name, port, urlHost(a))
@@ -87,14 +87,14 @@ func bypassScenarios(g *appliance.Gateway, v6 bool) []bypass {
 			codes: []int{0}, want: `"no_service"`,
 			audit: requestRow("deny", "no_service_for_host", appliance.CanaryHost, "/c"), auditS: "request deny no_service_for_host"},
 		{name: "ClientHello without SNI to the API's own address", dst: api,
-			run: func(g *appliance.Gateway) (string, int) {
-				return g.Run(10*time.Second, "sh", "-c", "openssl s_client -noservername -connect "+
+			run: func() (string, int) {
+				return r.run(10*time.Second, "sh", "-c", "openssl s_client -noservername -connect "+
 					netip.AddrPortFrom(api, 443).String()+" </dev/null 2>&1")
 			},
 			codes: []int{1}, want: "alert", audit: connRow("no_sni", ""), auditS: "connection deny no_sni"},
 		{name: "ECH with the allowed name as public name, to the canary", dst: canary,
-			run: func(g *appliance.Gateway) (string, int) {
-				return echClient(g, canary, appliance.APIHost, appliance.OtherHost)
+			run: func() (string, int) {
+				return echClient(r, canary, appliance.APIHost, appliance.OtherHost)
 			},
 			codes: []int{35}, audit: connRow("destination_not_resolved", appliance.APIHost), auditS: "connection deny destination_not_resolved"},
 		{name: "DoH to an address (no SNI)", dst: canary,
@@ -105,23 +105,23 @@ func bypassScenarios(g *appliance.Gateway, v6 bool) []bypass {
 			codes: []int{6, 27}, upstreamOK: 2, // the A and AAAA questions, as POSTs to the echo API
 			audit: requestRow("allow", "matched", appliance.APIHost, "/dns-query"), auditS: "request allow /dns-query (audited)"},
 		{name: "DNS to the canary as resolver (udp/53)", dst: canary,
-			run:   cmd("dig", "+time=2", "+tries=1", "@"+canary.String(), appliance.CanaryHost, "A"),
+			run:   cmd(r, "dig", "+time=2", "+tries=1", "@"+canary.String(), appliance.CanaryHost, "A"),
 			codes: []int{0}, want: "status: NXDOMAIN",
 			audit: dnsRow(appliance.CanaryHost, "A", "deny", "no_service_for_host"), auditS: "dns.query deny"},
 		{name: "DNS over TCP to the canary as resolver (tcp/53)", dst: canary,
-			run:   cmd("dig", "+time=2", "+tries=1", "+tcp", "@"+canary.String(), appliance.CanaryHost, "AAAA"),
+			run:   cmd(r, "dig", "+time=2", "+tries=1", "+tcp", "@"+canary.String(), appliance.CanaryHost, "AAAA"),
 			codes: []int{0}, want: "status: NXDOMAIN",
 			audit: dnsRow(appliance.CanaryHost, "AAAA", "deny", "no_service_for_host"), auditS: "dns.query deny"},
 		{name: "denied name asked of the real upstream server directly", dst: api,
-			run:   cmd("dig", "+time=2", "+tries=1", "@"+api.String(), appliance.OtherHost, "A"),
+			run:   cmd(r, "dig", "+time=2", "+tries=1", "@"+api.String(), appliance.OtherHost, "A"),
 			codes: []int{0}, want: "status: NXDOMAIN",
 			audit: dnsRow(appliance.OtherHost, "A", "deny", "no_service_for_host"), auditS: "dns.query deny"},
 		{name: "resolver on the agents' own subnet (the gateway's address)", dst: gw,
-			run:   cmd("dig", "+time=2", "+tries=1", "@"+gw.String(), "exfil-"+fmt.Sprint(v6)+".example.test", "TXT"),
+			run:   cmd(r, "dig", "+time=2", "+tries=1", "@"+gw.String(), "exfil-"+fmt.Sprint(v6)+".example.test", "TXT"),
 			codes: []int{0}, want: "status: NXDOMAIN",
 			audit: dnsRow("exfil-"+fmt.Sprint(v6)+".example.test", "TXT", "deny", "no_service_for_host"), auditS: "dns.query deny"},
 		{name: "the broker's transparent port dialled directly", dst: gw,
-			run:   func(g *appliance.Gateway) (string, int) { return probe(g, "tcp", gw, 14323) },
+			run:   func() (string, int) { return probe(r, "tcp", gw, 14323) },
 			codes: []int{0}, auditS: "connection deny destination_is_broker",
 			// refused before the agent is looked up: the row names the
 			// agent's address as target, the actor is agent:unknown
@@ -130,33 +130,33 @@ func bypassScenarios(g *appliance.Gateway, v6 bool) []bypass {
 					r.Target == map[bool]string{true: g.Topo.AgentV4.String(), false: g.Topo.AgentV6.String()}[gw.Is4()]
 			}},
 		{name: "the admin port on the gateway", dst: gw,
-			run:   func(g *appliance.Gateway) (string, int) { return probe(g, "tcp", gw, 14321) },
+			run:   func() (string, int) { return probe(r, "tcp", gw, 14321) },
 			codes: []int{3}, want: "refused", rule: "-A AV-INPUT -i " + iface + " -p tcp -j REJECT --reject-with tcp-reset"},
 		{name: "tcp/22 to the canary", dst: canary,
-			run:   func(g *appliance.Gateway) (string, int) { return probe(g, "tcp", canary, 22) },
+			run:   func() (string, int) { return probe(r, "tcp", canary, 22) },
 			codes: []int{4}, want: "timeout", rule: drop},
 		{name: "tcp/8080 to the canary", dst: canary,
-			run:   func(g *appliance.Gateway) (string, int) { return probe(g, "tcp", canary, 8080) },
+			run:   func() (string, int) { return probe(r, "tcp", canary, 8080) },
 			codes: []int{4}, want: "timeout", rule: drop},
 		{name: "DoT (tcp/853) to the canary", dst: canary,
-			run:   func(g *appliance.Gateway) (string, int) { return probe(g, "tcp", canary, 853) },
+			run:   func() (string, int) { return probe(r, "tcp", canary, 853) },
 			codes: []int{4}, want: "timeout", rule: "-A AV-FORWARD -i " + iface + " -p tcp -m tcp --dport 853 -j DROP"},
 		{name: "DoQ (udp/853) to the canary", dst: canary,
-			run:   func(g *appliance.Gateway) (string, int) { return probe(g, "udp", canary, 853) },
+			run:   func() (string, int) { return probe(r, "udp", canary, 853) },
 			codes: []int{4}, want: "timeout", rule: "-A AV-FORWARD -i " + iface + " -p udp -m udp --dport 853 -j DROP"},
 		{name: "QUIC (udp/443) to the canary, refused at once", dst: canary,
-			run:   func(g *appliance.Gateway) (string, int) { return probe(g, "udp", canary, 443) },
+			run:   func() (string, int) { return probe(r, "udp", canary, 443) },
 			codes: []int{3}, want: "refused",
 			rule: "-A AV-FORWARD -i " + iface + " -p udp -m udp --dport 443 -j REJECT --reject-with " + reject},
 		{name: "QUIC (udp/443) to the API's own address", dst: api,
-			run:   func(g *appliance.Gateway) (string, int) { return probe(g, "udp", api, 443) },
+			run:   func() (string, int) { return probe(r, "udp", api, 443) },
 			codes: []int{3}, want: "refused",
 			rule: "-A AV-FORWARD -i " + iface + " -p udp -m udp --dport 443 -j REJECT --reject-with " + reject},
 		{name: "other UDP (udp/9999) to the canary", dst: canary,
-			run:   func(g *appliance.Gateway) (string, int) { return probe(g, "udp", canary, 9999) },
+			run:   func() (string, int) { return probe(r, "udp", canary, 9999) },
 			codes: []int{4}, want: "timeout", rule: drop},
 		{name: "ICMP echo to the canary", dst: canary,
-			run:   func(g *appliance.Gateway) (string, int) { return probe(g, "icmp", canary, 0) },
+			run:   func() (string, int) { return probe(r, "icmp", canary, 0) },
 			codes: []int{4}, want: "timeout", rule: drop},
 	}
 }
@@ -165,17 +165,18 @@ func bypassScenarios(g *appliance.Gateway, v6 bool) []bypass {
 // IPv6 against one gateway and counts the blocked ones.
 func TestBypassGateway(t *testing.T) {
 	g := appliance.StartGateway(t)
+	r := gatewayRig(g)
 	var all []bypass
-	all = append(all, bypassScenarios(g, false)...)
-	all = append(all, bypassScenarios(g, true)...)
+	all = append(all, bypassScenarios(g, r, false)...)
+	all = append(all, bypassScenarios(g, r, true)...)
 	blocked := 0
 	for _, s := range all {
 		ok := t.Run(fam(s.dst)+"/"+s.name, func(t *testing.T) {
-			before := seen(g)
-			seq := lastSeq(t, g)
+			before := seen(r)
+			seq := lastSeq(t, r)
 			rules := g.RuleCounters(t)
-			out, code := s.run(g)
-			after := seen(g)
+			out, code := s.run()
+			after := seen(r)
 
 			codeOK := false
 			for _, c := range s.codes {
@@ -187,9 +188,9 @@ func TestBypassGateway(t *testing.T) {
 			if after.conns != before.conns || after.bytes != before.bytes || after.datagrams != before.datagrams {
 				t.Errorf("the canary saw something: %+v -> %+v", before, after)
 			}
-			for _, r := range g.Received()[before.received:] {
-				if s.upstreamOK == 0 || r.Path != "/dns-query" {
-					t.Errorf("the API upstreams received %s %s%s", r.Method, r.Host, r.Path)
+			for _, got := range g.Received()[before.received:] {
+				if s.upstreamOK == 0 || got.Path != "/dns-query" {
+					t.Errorf("the API upstreams received %s %s%s", got.Method, got.Host, got.Path)
 				}
 			}
 			if got := after.received - before.received; got > s.upstreamOK {
@@ -202,7 +203,7 @@ func TestBypassGateway(t *testing.T) {
 			}
 			switch {
 			case s.audit != nil:
-				row := waitAudit(t, g, seq, s.auditS, s.audit)
+				row := waitAudit(t, r, seq, s.auditS, s.audit)
 				t.Logf("blocked; audit row %s", row)
 			case s.rule != "":
 				key := map[bool]string{true: "ip4|", false: "ip6|"}[s.dst.Is4()] + s.rule

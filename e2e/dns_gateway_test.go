@@ -19,6 +19,7 @@ import (
 // is rate-limited. One gateway for every subtest.
 func TestDNSGateway(t *testing.T) {
 	g := appliance.StartGateway(t)
+	r := gatewayRig(g)
 	topo := g.Topo
 	api4, api6 := topo.NetV4, topo.NetV6
 	nowhere4, nowhere6 := netip.MustParseAddr(appliance.Resolver), netip.MustParseAddr("fd77:3::53")
@@ -37,28 +38,28 @@ func TestDNSGateway(t *testing.T) {
 	}
 
 	t.Run("any resolver address is answered by the appliance", func(t *testing.T) {
-		before := seen(g)
+		before := seen(r)
 		n := 0
-		for _, r := range resolvers {
+		for _, rv := range resolvers {
 			for _, tcp := range []bool{false, true} {
 				for _, q := range []struct {
 					qtype string
 					want  netip.Addr
 				}{{"A", api4}, {"AAAA", api6}} {
-					res := dig(g, r.addr.String(), tcp, q.qtype, appliance.APIHost)
+					res := dig(r, rv.addr.String(), tcp, q.qtype, appliance.APIHost)
 					n++
 					if res.Status != "NOERROR" || !slices.Equal(res.Answers, []string{q.qtype + " " + q.want.String()}) {
-						t.Errorf("dig @%s (%s) tcp=%v %s: status %q answers %v\n%s", r.addr, r.what, tcp, q.qtype, res.Status, res.Answers, res.Out)
+						t.Errorf("dig @%s (%s) tcp=%v %s: status %q answers %v\n%s", rv.addr, rv.what, tcp, q.qtype, res.Status, res.Answers, res.Out)
 					}
 					// dig only accepts a reply from the address it asked (the
 					// kernel restored the source address on the way back)
-					if !strings.HasPrefix(res.Server, r.addr.String()+"#53") {
-						t.Errorf("dig @%s: reply came from %q", r.addr, res.Server)
+					if !strings.HasPrefix(res.Server, rv.addr.String()+"#53") {
+						t.Errorf("dig @%s: reply came from %q", rv.addr, res.Server)
 					}
 				}
 			}
 		}
-		after := seen(g)
+		after := seen(r)
 		if after.datagrams != before.datagrams || after.conns != before.conns {
 			t.Errorf("the canary saw DNS traffic: %+v -> %+v", before, after)
 		}
@@ -94,14 +95,14 @@ func TestDNSGateway(t *testing.T) {
 	}
 	t.Run("denied names get NXDOMAIN with a SOA and are audited", func(t *testing.T) {
 		for i, d := range deniedNames {
-			r := resolvers[i%len(resolvers)]
+			rv := resolvers[i%len(resolvers)]
 			for _, tcp := range []bool{false, true} {
-				seq := lastSeq(t, g)
-				res := dig(g, r.addr.String(), tcp, d.qtype, d.name)
+				seq := lastSeq(t, r)
+				res := dig(r, rv.addr.String(), tcp, d.qtype, d.name)
 				if res.Status != "NXDOMAIN" || !res.SOA || len(res.Answers) != 0 {
-					t.Errorf("dig @%s tcp=%v %s %s: status %q soa %v answers %v\n%s", r.addr, tcp, d.qtype, d.name, res.Status, res.SOA, res.Answers, res.Out)
+					t.Errorf("dig @%s tcp=%v %s %s: status %q soa %v answers %v\n%s", rv.addr, tcp, d.qtype, d.name, res.Status, res.SOA, res.Answers, res.Out)
 				}
-				waitAudit(t, g, seq, "dns.query deny "+d.name, dnsRow(strings.ToLower(d.name), d.qtype, "deny", "no_service_for_host"))
+				waitAudit(t, r, seq, "dns.query deny "+d.name, dnsRow(strings.ToLower(d.name), d.qtype, "deny", "no_service_for_host"))
 			}
 		}
 	})
@@ -109,8 +110,8 @@ func TestDNSGateway(t *testing.T) {
 	t.Run("HTTPS and SVCB of an allowed name are NOERROR without data", func(t *testing.T) {
 		for _, qtype := range []string{"HTTPS", "SVCB", "TYPE65", "TYPE64"} {
 			for _, tcp := range []bool{false, true} {
-				seq := lastSeq(t, g)
-				res := dig(g, "", tcp, qtype, appliance.APIHost)
+				seq := lastSeq(t, r)
+				res := dig(r, "", tcp, qtype, appliance.APIHost)
 				if res.Status != "NOERROR" || len(res.Answers) != 0 || !res.SOA {
 					t.Errorf("dig tcp=%v %s %s: status %q answers %v soa %v\n%s", tcp, qtype, appliance.APIHost, res.Status, res.Answers, res.SOA, res.Out)
 				}
@@ -118,7 +119,7 @@ func TestDNSGateway(t *testing.T) {
 				if want == "" {
 					want = qtype
 				}
-				waitAudit(t, g, seq, "dns.query "+want, dnsRow(appliance.APIHost, want, "deny", "https_svcb_blocked"))
+				waitAudit(t, r, seq, "dns.query "+want, dnsRow(appliance.APIHost, want, "deny", "https_svcb_blocked"))
 			}
 		}
 	})
@@ -129,7 +130,7 @@ func TestDNSGateway(t *testing.T) {
 			dst  netip.Addr // where the agent connected: the pinned address of its family
 		}{{"-4", api4}, {"-6", api6}} {
 			before := len(g.Received())
-			seq := lastSeq(t, g)
+			seq := lastSeq(t, r)
 			out, errOut, code := g.Curl(fam.flag, "--max-time", "3", "-w", "\nremote_ip=%{remote_ip}", "-H", "Authorization: Bearer placeholder",
 				"https://"+appliance.APIHost+"/v1/models?fam="+fam.flag)
 			if code != 0 {
@@ -150,15 +151,15 @@ func TestDNSGateway(t *testing.T) {
 				t.Fatalf("curl %s: the agent's response holds the secret", fam.flag)
 			}
 			qtype := map[string]string{"-4": "A", "-6": "AAAA"}[fam.flag]
-			waitAudit(t, g, seq, "dns.query allow "+qtype, dnsRow(appliance.APIHost, qtype, "allow", "allowed"))
-			waitAudit(t, g, seq, "request allow", func(r appliance.AuditRow) bool {
-				return r.Action == "request" && r.Decision == "allow" && r.Host == appliance.APIHost && r.Path == "/v1/models"
+			waitAudit(t, r, seq, "dns.query allow "+qtype, dnsRow(appliance.APIHost, qtype, "allow", "allowed"))
+			waitAudit(t, r, seq, "request allow", func(row appliance.AuditRow) bool {
+				return row.Action == "request" && row.Decision == "allow" && row.Host == appliance.APIHost && row.Path == "/v1/models"
 			})
 		}
 	})
 
 	t.Run("a flood of queries is rate-limited and audited once per window", func(t *testing.T) {
-		seq := lastSeq(t, g)
+		seq := lastSeq(t, r)
 		// 600 queries for distinct denied names sent at once over UDP,
 		// then every reply read: the per-agent bucket (burst 200) empties.
 		const flood = `
@@ -192,16 +193,16 @@ print(' '.join('%d=%d'%kv for kv in sorted(rc.items())))
 		if counts[5] == 0 || counts[3] == 0 {
 			t.Errorf("want both NXDOMAIN and REFUSED replies to a flood of 600 queries, got %v", counts)
 		}
-		waitAudit(t, g, seq, "dns.query rate_limited", func(r appliance.AuditRow) bool {
-			return r.Action == "dns.query" && r.Decision == "deny" && r.Reason == "rate_limited" && r.Actor == "agent:"+appliance.Agent
+		waitAudit(t, r, seq, "dns.query rate_limited", func(row appliance.AuditRow) bool {
+			return row.Action == "dns.query" && row.Decision == "deny" && row.Reason == "rate_limited" && row.Actor == "agent:"+appliance.Agent
 		})
 		rows, err := appliance.AuditRowsAfter(g.Srv, seq)
 		if err != nil {
 			t.Fatal(err)
 		}
 		limited := 0
-		for _, r := range rows {
-			if r.Reason == "rate_limited" {
+		for _, row := range rows {
+			if row.Reason == "rate_limited" {
 				limited++
 			}
 		}

@@ -17,8 +17,32 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agentvault/agent-vault/internal/harness"
 	"github.com/agentvault/agent-vault/internal/testutil/appliance"
 )
+
+// rig is what the DNS and bypass tests need of a running appliance, gateway
+// or local mode.
+type rig struct {
+	run           func(timeout time.Duration, name string, args ...string) (string, int) // as the agent
+	srv           *harness.Server
+	canary        *appliance.Canary
+	dns           *harness.DNSServer
+	received      func() []harness.Received
+	caFile        string
+	setResolvConf func(t testing.TB, content string) (restore func())
+	agentDo       func(fn func() error) error // Go code in the agent's namespace (gateway only)
+}
+
+func gatewayRig(g *appliance.Gateway) *rig {
+	return &rig{run: g.Run, srv: g.Srv, canary: g.Canary, dns: g.DNS, received: g.Received, caFile: g.BrokerCAFile,
+		setResolvConf: g.SetAgentResolvConf, agentDo: g.Topo.Agent.Do}
+}
+
+func localRig(l *appliance.Local) *rig {
+	return &rig{run: l.Run, srv: l.Srv, canary: l.Canary, dns: l.DNS, received: l.Received, caFile: l.BrokerCAFile,
+		setResolvConf: l.SetAgentResolvConf}
+}
 
 // digResult is what one dig run printed.
 type digResult struct {
@@ -35,7 +59,7 @@ var digStatus = regexp.MustCompile(`status: ([A-Z]+)`)
 
 // dig runs dig as the agent with bounded timeouts. server "" uses the
 // agent's resolv.conf.
-func dig(g *appliance.Gateway, server string, tcp bool, qtype, name string, extra ...string) digResult {
+func dig(g *rig, server string, tcp bool, qtype, name string, extra ...string) digResult {
 	args := []string{"+time=2", "+tries=1", "+nocookie"}
 	if server != "" {
 		args = append(args, "@"+server)
@@ -45,7 +69,7 @@ func dig(g *appliance.Gateway, server string, tcp bool, qtype, name string, extr
 	}
 	args = append(args, extra...)
 	args = append(args, name, qtype)
-	out, code := g.Run(10*time.Second, "dig", args...)
+	out, code := g.run(10*time.Second, "dig", args...)
 	return parseDig(out, code)
 }
 
@@ -150,8 +174,8 @@ except (socket.timeout, TimeoutError): print('timeout'); sys.exit(4)
 `
 
 // probe runs probeScript as the agent.
-func probe(g *appliance.Gateway, proto string, dst netip.Addr, port int) (string, int) {
-	return g.Run(10*time.Second, "python3", "-c", probeScript, proto, dst.String(), fmt.Sprint(port))
+func probe(g *rig, proto string, dst netip.Addr, port int) (string, int) {
+	return g.run(10*time.Second, "python3", "-c", probeScript, proto, dst.String(), fmt.Sprint(port))
 }
 
 // echConfigList builds an ECHConfigList (RFC 9849, version 0xfe0d) with a
@@ -188,8 +212,8 @@ func echConfigList(publicName string) ([]byte, error) {
 // appliance's CA, sends one request if the handshake completes, and
 // returns what happened. Exit 0: a response came; 35: the handshake failed;
 // 36: ECH was rejected by the server.
-func echClient(g *appliance.Gateway, dst netip.Addr, publicName, inner string) (string, int) {
-	pem, err := os.ReadFile(g.BrokerCAFile)
+func echClient(g *rig, dst netip.Addr, publicName, inner string) (string, int) {
+	pem, err := os.ReadFile(g.caFile)
 	if err != nil {
 		return err.Error(), -1
 	}
@@ -201,7 +225,7 @@ func echClient(g *appliance.Gateway, dst netip.Addr, publicName, inner string) (
 	}
 	var out string
 	code := 0
-	err = g.Topo.Agent.Do(func() error {
+	err = g.agentDo(func() error {
 		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(dst, 443).String(), 3*time.Second)
 		if err != nil {
 			return err
@@ -238,14 +262,14 @@ type snapshot struct {
 	queries                 int
 }
 
-func seen(g *appliance.Gateway) snapshot {
-	c, b, d := g.Canary.Total()
-	return snapshot{conns: c, bytes: b, datagrams: d, received: len(g.Received()), queries: len(g.DNS.Queries())}
+func seen(g *rig) snapshot {
+	c, b, d := g.canary.Total()
+	return snapshot{conns: c, bytes: b, datagrams: d, received: len(g.received()), queries: len(g.dns.Queries())}
 }
 
-func lastSeq(t *testing.T, g *appliance.Gateway) uint64 {
+func lastSeq(t *testing.T, g *rig) uint64 {
 	t.Helper()
-	seq, err := appliance.AuditLastSeq(g.Srv)
+	seq, err := appliance.AuditLastSeq(g.srv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,9 +277,9 @@ func lastSeq(t *testing.T, g *appliance.Gateway) uint64 {
 }
 
 // waitAudit fails the test unless a row matching want appears after seq.
-func waitAudit(t *testing.T, g *appliance.Gateway, seq uint64, what string, match func(appliance.AuditRow) bool) appliance.AuditRow {
+func waitAudit(t *testing.T, g *rig, seq uint64, what string, match func(appliance.AuditRow) bool) appliance.AuditRow {
 	t.Helper()
-	row, rows, ok, err := appliance.WaitAudit(g.Srv, seq, match)
+	row, rows, ok, err := appliance.WaitAudit(g.srv, seq, match)
 	if err != nil {
 		t.Fatal(err)
 	}

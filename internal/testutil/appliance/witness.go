@@ -43,12 +43,30 @@ func runCombined(cmd *exec.Cmd) (string, int) {
 	}
 }
 
+// Run runs a command as the agent (AgentCommand: in the agent's cgroup)
+// with a deadline and returns its combined output and exit code.
+func (l *Local) Run(timeout time.Duration, name string, args ...string) (out string, code int) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return runCombined(l.AgentCommand(ctx, name, args...))
+}
+
 // SetAgentResolvConf replaces the agent's resolv.conf (what `ip netns exec`
 // bind-mounts for the next AgentCommand); restore it with the returned
 // function.
 func (g *Gateway) SetAgentResolvConf(t testing.TB, content string) (restore func()) {
+	return setResolvConf(t, g.Topo.Agent.Name, content)
+}
+
+// SetAgentResolvConf is Gateway.SetAgentResolvConf for local mode (the
+// resolv.conf of the appliance's namespace, where the agents run).
+func (l *Local) SetAgentResolvConf(t testing.TB, content string) (restore func()) {
+	return setResolvConf(t, l.NS.Name, content)
+}
+
+func setResolvConf(t testing.TB, nsName, content string) (restore func()) {
 	t.Helper()
-	path := filepath.Join("/etc/netns", g.Topo.Agent.Name, "resolv.conf")
+	path := filepath.Join("/etc/netns", nsName, "resolv.conf")
 	old, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
