@@ -33,7 +33,11 @@ type loopbackAppliance struct {
 	target string // api.example.test:port
 }
 
-func startLoopback(t *testing.T) *loopbackAppliance {
+func startLoopback(t *testing.T) *loopbackAppliance { return startLoopbackWith(t, true) }
+
+// startLoopbackWith starts the appliance, with or without the bearer
+// service for api.example.test.
+func startLoopbackWith(t *testing.T, withService bool) *loopbackAppliance {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := harness.NewTestCA()
@@ -86,10 +90,12 @@ func startLoopback(t *testing.T) *loopbackAppliance {
 	if _, err := c.SetCredential(ctx, appliance.Vault, "API_KEY", []byte(appliance.Secret)); err != nil {
 		t.Fatal(err)
 	}
-	svc := api.Service{Vault: appliance.Vault, Name: "api", Host: appliance.APIHost}
-	svc.Auth.Kind, svc.Auth.Credential = "bearer", "API_KEY"
-	if _, err := c.AddService(ctx, svc); err != nil {
-		t.Fatal(err)
+	if withService {
+		svc := api.Service{Vault: appliance.Vault, Name: "api", Host: appliance.APIHost}
+		svc.Auth.Kind, svc.Auth.Credential = "bearer", "API_KEY"
+		if _, err := c.AddService(ctx, svc); err != nil {
+			t.Fatal(err)
+		}
 	}
 	pem, err := c.CACert(ctx)
 	if err != nil {
