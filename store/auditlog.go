@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
@@ -91,24 +92,65 @@ func (s *Store) Append(ctx context.Context, ev *audit.Event) error {
 	}
 }
 
-// writerLoop commits whatever is queued in one transaction, then wakes the
-// batch's callers; there is no timer: a lone event commits at once, and
-// events arriving during a commit form the next batch. It exits when Close
-// has closed the queue and everything queued is committed.
+// followUpHold is how long a follow-up row (an event with Ref set: the
+// completion of a request whose intent row is already committed) may wait
+// for other events to share its commit. A test may change it before Open.
+var followUpHold = 10 * time.Millisecond
+
+// writerLoop commits queued events in one transaction, then wakes the
+// batch's callers. There is no timer for ordinary events: a lone event
+// commits at once, and events arriving during a commit form the next batch.
+//
+// Follow-up rows (Ref != 0) never start a commit of their own while another
+// event may soon come: they are held for at most followUpHold and ride with
+// the next batch. On a busy data path each request then costs one commit
+// (its intent, carrying earlier completions) instead of two, and a request's
+// intent no longer waits behind the previous request's completion. Their
+// callers still return only after the commit that holds them.
+//
+// It exits when Close has closed the queue and everything queued or held is
+// committed.
 func (s *Store) writerLoop() {
 	defer close(s.writerDone)
+	hold := followUpHold
 	batch := make([]*appendReq, 0, maxBatch)
-	for {
-		req, ok := <-s.queue
-		if !ok {
-			return
+	held := make([]*appendReq, 0, maxBatch)
+	all := make([]*appendReq, 0, maxBatch)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var due <-chan time.Time // the oldest held row's deadline; nil when none
+	commit := func() {
+		all = append(append(all[:0], held...), batch...) // held rows are older: they go first
+		s.commitAndWake(all)
+		clear(all)
+		clear(held)
+		clear(batch)
+		held, batch = held[:0], batch[:0]
+		if due != nil {
+			timer.Stop()
+			due = nil
 		}
-		batch = append(batch[:0], req)
+	}
+	open := true
+	for open {
+		select {
+		case req, ok := <-s.queue:
+			if !ok {
+				open = false
+				break
+			}
+			batch = append(batch[:0], req)
+		case <-due:
+			due = nil
+			commit() // held rows only
+			continue
+		}
 	fill:
-		for len(batch) < maxBatch {
+		for open && len(batch)+len(held) < maxBatch {
 			select {
 			case r, ok := <-s.queue:
 				if !ok {
+					open = false
 					break fill
 				}
 				batch = append(batch, r)
@@ -116,18 +158,44 @@ func (s *Store) writerLoop() {
 				break fill
 			}
 		}
-		err := s.commitBatch(batch)
-		if err == nil {
-			s.stats.batches.Add(1)
-			s.stats.events.Add(uint64(len(batch)))
-			s.audited.poke()
-		} else {
-			s.log.Error("audit batch not committed", "events", len(batch), "err", err)
+		if open && hold > 0 {
+			// move follow-ups out of a batch that holds nothing else
+			urgent := false
+			for _, r := range batch {
+				if r.ev.Ref == 0 {
+					urgent = true
+					break
+				}
+			}
+			if !urgent && len(batch)+len(held) < maxBatch {
+				if len(held) == 0 {
+					timer.Reset(hold)
+					due = timer.C
+				}
+				held = append(held, batch...)
+				clear(batch)
+				batch = batch[:0]
+				continue
+			}
 		}
-		for i, r := range batch {
-			r.done <- appendRes{ev: r.ev, err: err}
-			batch[i] = nil
+		if len(batch)+len(held) > 0 {
+			commit()
 		}
+	}
+}
+
+// commitAndWake commits one batch and hands every caller its result.
+func (s *Store) commitAndWake(batch []*appendReq) {
+	err := s.commitBatch(batch)
+	if err == nil {
+		s.stats.batches.Add(1)
+		s.stats.events.Add(uint64(len(batch)))
+		s.audited.poke()
+	} else {
+		s.log.Error("audit batch not committed", "events", len(batch), "err", err)
+	}
+	for _, r := range batch {
+		r.done <- appendRes{ev: r.ev, err: err}
 	}
 }
 
