@@ -113,27 +113,57 @@ func load(c *http.Client, target string, conc int, d time.Duration) sample {
 	return s
 }
 
-// compareSmall interleaves direct and brokered runs of small requests.
-func (e *env) compareSmall(conc int, h2, fresh bool, round time.Duration, rounds int) (broker, direct sample, err error) {
+// cpuUse is the CPU time processes spent during runs.
+type cpuUse struct {
+	broker time.Duration // the agent-vault process
+	self   time.Duration // this process: the clients and the upstream
+}
+
+// measureCPU runs fn and returns the CPU time the broker and this process
+// used meanwhile (zero if /proc cannot tell).
+func (e *env) measureCPU(fn func()) cpuUse {
+	pid := e.srv.Pid()
+	b0, err1 := cpuTime(pid)
+	s0, err2 := cpuTime(os.Getpid())
+	fn()
+	b1, err3 := cpuTime(pid)
+	s1, err4 := cpuTime(os.Getpid())
+	if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
+		return cpuUse{}
+	}
+	return cpuUse{broker: b1 - b0, self: s1 - s0}
+}
+
+// compareSmall interleaves direct and brokered runs of small requests. Both
+// clients have the same transport settings; only the route differs.
+func (e *env) compareSmall(name string, conc int, h2, fresh bool, round time.Duration, rounds int) (broker, direct sample, bcpu, dcpu cpuUse, err error) {
 	bc := e.client(true, h2, fresh, conc)
 	dc := e.client(false, h2, fresh, conc)
 	defer bc.CloseIdleConnections()
 	defer dc.CloseIdleConnections()
-	// warm both paths (connections, leaf certificate, DNS)
-	load(bc, e.url("/small"), conc, 200*time.Millisecond)
-	load(dc, e.url("/small"), conc, 200*time.Millisecond)
+	// warm both paths (connections, leaf certificate, DNS, the broker's
+	// upstream pool) for as long as one round, so neither side measures
+	// its ramp-up
+	warm := min(round, time.Second)
+	load(bc, e.url("/small"), conc, warm)
+	load(dc, e.url("/small"), conc, warm)
 	for r := 0; r < rounds; r++ {
-		direct.add(load(dc, e.url("/small"), conc, round))
-		broker.add(load(bc, e.url("/small"), conc, round))
+		c := e.measureCPU(func() { direct.add(load(dc, e.url("/small"), conc, round)) })
+		dcpu.broker += c.broker
+		dcpu.self += c.self
+		c = e.measureCPU(func() { broker.add(load(bc, e.url("/small"), conc, round)) })
+		bcpu.broker += c.broker
+		bcpu.self += c.self
 	}
+	e.prof.around(name, func() { load(bc, e.url("/small"), conc, round) })
 	if broker.failures > broker.n/100 || direct.failures > direct.n/100 {
-		return broker, direct, fmt.Errorf("too many failures: broker %d of %d, direct %d of %d",
+		return broker, direct, bcpu, dcpu, fmt.Errorf("too many failures: broker %d of %d, direct %d of %d",
 			broker.failures, broker.n+broker.failures, direct.failures, direct.n+direct.failures)
 	}
 	if broker.n == 0 {
-		return broker, direct, fmt.Errorf("no request through the broker succeeded")
+		return broker, direct, bcpu, dcpu, fmt.Errorf("no request through the broker succeeded")
 	}
-	return broker, direct, nil
+	return broker, direct, bcpu, dcpu, nil
 }
 
 // compareStream downloads size bytes n times each way and returns MiB/s.

@@ -40,14 +40,15 @@ func main() {
 	quick := flag.Bool("quick", false, "shorter runs (≤ 60 s in all)")
 	only := flag.String("only", "", "comma-separated cases to run (default all)")
 	out := flag.String("out", "bench-results", "directory for the JSON results")
+	prof := flag.String("perf", "", "directory: record the broker with perf(1) during one extra broker-only round per load case")
 	flag.Parse()
-	if err := run(*bin, *quick, *only, *out); err != nil {
+	if err := run(*bin, *quick, *only, *out, *prof); err != nil {
 		fmt.Fprintln(os.Stderr, "bench failed:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin string, quick bool, only, outDir string) error {
+func run(bin string, quick bool, only, outDir, profDir string) error {
 	bin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -62,6 +63,7 @@ func run(bin string, quick bool, only, outDir string) error {
 		return err
 	}
 	defer env.close()
+	env.prof = &profiler{dir: profDir, pid: env.srv.Pid()}
 
 	round := 2 * time.Second
 	rounds := 3
@@ -96,11 +98,17 @@ func run(bin string, quick bool, only, outDir string) error {
 		if !want(c.name) {
 			continue
 		}
-		b, d, err := env.compareSmall(c.conc, c.h2, c.fresh, round, rounds)
+		b, d, bcpu, dcpu, err := env.compareSmall(c.name, c.conc, c.h2, c.fresh, round, rounds)
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
 		emit(result{Case: c.name, Broker: b.rps(), Direct: d.rps(), Unit: "req/s"})
+		if b.n > 0 && d.n > 0 && bcpu.broker > 0 {
+			// CPU per request: the broker process alone, and this process
+			// (clients + upstream) on each route
+			emit(result{Case: c.name + "_broker_cpu", Broker: us(bcpu.broker) / float64(b.n), Unit: "us/req"})
+			emit(result{Case: c.name + "_driver_cpu", Broker: us(bcpu.self) / float64(b.n), Direct: us(dcpu.self) / float64(d.n), Unit: "us/req"})
+		}
 		if !c.fresh {
 			emit(result{Case: c.name + "_p50", Broker: ms(b.quantile(0.50)), Direct: ms(d.quantile(0.50)), Unit: "ms"})
 			emit(result{Case: c.name + "_p99", Broker: ms(b.quantile(0.99)), Direct: ms(d.quantile(0.99)), Unit: "ms"})
@@ -151,6 +159,8 @@ func run(bin string, quick bool, only, outDir string) error {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
 // env is the running broker and upstream.
 type env struct {
 	srv      *harness.Server
@@ -160,6 +170,7 @@ type env struct {
 	token    string
 	brokerCA []byte
 	port     string
+	prof     *profiler
 }
 
 func startEnv(bin, dir string) (*env, error) {
