@@ -247,8 +247,9 @@ func SweepCgroups(mount string) {
 	}
 }
 
-// RemoveCgroupTree removes a cgroup and its descendants (deepest first),
-// retrying briefly while the last processes exit (bounded: about 2 s).
+// RemoveCgroupTree kills what still runs in a cgroup and its descendants
+// (cgroup.kill), then removes them deepest first, retrying briefly while the
+// last processes exit (bounded: about 2 s per cgroup).
 func RemoveCgroupTree(dir string) error {
 	var dirs []string
 	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
@@ -257,6 +258,9 @@ func RemoveCgroupTree(dir string) error {
 		}
 		return nil
 	})
+	if len(dirs) > 0 {
+		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0o644)
+	}
 	var last error
 	for i := len(dirs) - 1; i >= 0; i-- {
 		last = nil
@@ -313,7 +317,9 @@ func (l *Local) CLI(t *testing.T, stdin string, args ...string) string {
 // which also gives it the namespace's resolv.conf), with no proxy variables,
 // started directly inside the cgroup at cgroupPath; "" leaves it in the
 // test's own cgroup: a process that is not an agent. The cgroup's directory
-// is opened at Start and closed when the command ends.
+// is opened once and closed when the test ends. (`ip netns exec` remounts
+// /sys in the child's own mount namespace, so the child does not see the
+// cgroup2 mount; /proc/self/cgroup still names its cgroup.)
 func (l *Local) Command(ctx context.Context, cgroupPath, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.NS.Name, name}, args...)...)
 	cmd.Env = netns.CleanEnv()
