@@ -1,5 +1,7 @@
 // Package appliance runs the real agent-vault binary as a gateway in the
-// three-namespace topology of TESTING.md, with a fake internet behind it
+// three-namespace topology of TESTING.md (StartGateway), or in local mode
+// with the agents as processes in cgroups of the broker's own namespace
+// (StartLocal, local.go), with a fake internet behind it
 // (TLS upstreams signed by a test CA, an authoritative DNS server, a canary
 // that counts every byte it receives), so privileged end-to-end tests can
 // hold the product against the matrix with real clients that have no proxy
