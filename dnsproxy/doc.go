@@ -17,6 +17,12 @@
 // every address of an answer was dropped the reply is SERVFAIL, audited as a
 // "rebinding_blocked" denial.
 //
+// Identity: a query's agent comes from Config.Identify (by source address:
+// gateway mode, or local mode's per-source UDP record), or for a TCP
+// connection from Config.IdentifyConn, asked once when it is accepted (local
+// mode's record of a captured connection is keyed by its 4-tuple and
+// consumed by one lookup).
+//
 // Auditing: every query is one audit event (Action "dns.query", Host the
 // normalized name, Method the query type such as "A", Decision allow or deny,
 // Reason the decision's reason, Target the client's source address). An event

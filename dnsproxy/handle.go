@@ -20,7 +20,11 @@ const reservedTTL = 60
 func (p *Proxy) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 	src := addrPortOf(w.RemoteAddr())
 	_, tcp := w.RemoteAddr().(*net.TCPAddr)
-	resp := p.answer(context.Background(), req, src, addrPortOf(w.LocalAddr()).Addr(), tcp)
+	ctx := context.Background()
+	if tcp {
+		ctx = p.withConnIdentity(ctx, w.RemoteAddr(), w.LocalAddr())
+	}
+	resp := p.answer(ctx, req, src, addrPortOf(w.LocalAddr()).Addr(), tcp)
 	if !tcp {
 		resp.Truncate(clientUDPSize(req))
 	}
@@ -54,10 +58,18 @@ func clientUDPSize(req *dns.Msg) int {
 	return dns.MinMsgSize
 }
 
-// identify returns the agent behind src, or nil.
-func (p *Proxy) identify(snap *policy.Snapshot, src netip.AddrPort) *policy.Agent {
+// identify returns the agent behind src (or behind the TCP connection whose
+// identity ctx carries), or nil.
+func (p *Proxy) identify(ctx context.Context, snap *policy.Snapshot, src netip.AddrPort) *policy.Agent {
 	if snap == nil {
 		return nil
+	}
+	if id, ok := ctx.Value(connIdentityKey{}).(connIdentity); ok {
+		if !id.ok {
+			return nil
+		}
+		a, _ := snap.Agent(id.agent)
+		return a
 	}
 	if p.cfg.Identify == nil {
 		a, _ := snap.AgentBySource(src.Addr())
@@ -81,7 +93,7 @@ func (p *Proxy) answer(ctx context.Context, req *dns.Msg, src netip.AddrPort, lo
 	}
 	q := req.Question[0]
 	snap := p.snap.Load()
-	agent := p.identify(snap, src)
+	agent := p.identify(ctx, snap, src)
 	name := policy.NormalizeHost(q.Name)
 
 	if snap == nil || agent == nil || !agent.Active(now) {

@@ -47,6 +47,13 @@ type Config struct {
 	// Identify names the agent behind a query's source address (shape G
 	// source lookup, shape L BPF lookup). Nil: the snapshot's AgentBySource.
 	Identify func(src netip.AddrPort) (agentName string, ok bool)
+	// IdentifyConn, when set, names the agent behind a TCP connection to the
+	// proxy. It is called once, when the connection is accepted, and its
+	// answer holds for every query on the connection (local mode: the BPF
+	// record of a captured connection is keyed by its 4-tuple and consumed
+	// by the first lookup). Nil: TCP queries are identified like UDP ones,
+	// by Identify with the source address.
+	IdentifyConn func(c net.Conn) (agentName string, ok bool)
 	// BrokerAddrs is what agent-vault.internal resolves to for a client. Nil:
 	// the local address the query arrived on.
 	BrokerAddrs func(src netip.AddrPort) []netip.Addr
@@ -90,6 +97,9 @@ type Proxy struct {
 	servers []*dns.Server
 	closed  bool
 
+	connMu  sync.Mutex
+	connIDs map[string]connIdentity // TCP connections' agents (IdentifyConn)
+
 	stats counters
 }
 
@@ -130,6 +140,7 @@ func New(cfg Config) (*Proxy, error) {
 		pins:     newPinTable(cfg.MaxPinsPerAgent, cfg.Now),
 		rate:     newLimiter(cfg.RatePerSecond, cfg.Burst),
 		refusals: newOncePerWindow(refusalWindow, maxRefusalKeys),
+		connIDs:  map[string]connIdentity{},
 	}
 	p.audit = newAuditQueue(cfg.Audit, p.log)
 	p.exchange = p.forward
@@ -259,6 +270,9 @@ func (p *Proxy) ServeUDP(pc net.PacketConn) error {
 // ServeTCP answers queries arriving on connections accepted from l until
 // Shutdown; it then returns ErrServerClosed. l is closed on return.
 func (p *Proxy) ServeTCP(l net.Listener) error {
+	if p.cfg.IdentifyConn != nil {
+		l = &identityListener{Listener: l, p: p}
+	}
 	return p.serve(&dns.Server{Listener: l, Net: "tcp"})
 }
 
