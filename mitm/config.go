@@ -101,6 +101,8 @@ type Broker struct {
 	front     *http.Server // the explicit proxy listener
 	internal  http.Handler
 	hs        chan struct{} // handshake slots
+	tlsOuter  *tls.Config   // shared by every agent handshake: see newTLSOuter
+	scrubs    scrubCache
 	dialer    net.Dialer
 
 	startOnce sync.Once
@@ -168,6 +170,7 @@ func New(cfg Config) (*Broker, error) {
 	}
 	b.res = newResolver(resolve, cfg.ResolveTTL, cfg.Now)
 	b.snap.Store(policy.NewSnapshot(policy.Input{}))
+	b.tlsOuter = b.newTLSOuter()
 	b.transport = b.newTransport()
 	b.rp = b.newReverseProxy()
 	b.internal = b.newInternal()
@@ -200,6 +203,7 @@ func (b *Broker) SetPolicy(s *policy.Snapshot) {
 		s = policy.NewSnapshot(policy.Input{})
 	}
 	b.snap.Store(s)
+	b.scrubs.reset()
 	b.closeInactive()
 }
 
@@ -209,12 +213,43 @@ func (b *Broker) Policy() *policy.Snapshot { return b.snap.Load() }
 // CACertPEM returns the root certificate agents must trust.
 func (b *Broker) CACertPEM() []byte { return b.cfg.CA.CertPEM() }
 
+// newTLSOuter is the one configuration every agent-facing handshake
+// starts from. Its GetConfigForClient decides on the ClientHello (the
+// connection's state travels on the trackedConn). Being shared, its
+// automatically rotated session ticket keys serve every connection, so an
+// agent can resume a session on its next connection; resumption still runs
+// GetConfigForClient, so every connection is decided on its own ClientHello.
+func (b *Broker) newTLSOuter() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			tc, ok := hello.Conn.(*trackedConn)
+			if !ok || tc.st == nil {
+				return nil, errDenied
+			}
+			return b.decide(hello, tc.st)
+		},
+	}
+}
+
+// loopbackCurves is the key exchange offered to agents on the broker's own
+// host (shape L, and shape E on loopback): classical X25519, then P-256.
+// Hybrid post-quantum X25519MLKEM768 (Go's default, which it always prefers
+// when both sides offer it) costs about a quarter more per handshake and
+// protects nothing on a connection that never leaves the host. Agents on
+// other hosts (shape G) keep Go's defaults, post-quantum first.
+var loopbackCurves = []tls.CurveID{tls.X25519, tls.CurveP256}
+
 // tlsServerConfig is the per-connection configuration after the ClientHello
 // was accepted.
-func tlsServerConfig(leaf *tls.Certificate) *tls.Config {
-	return &tls.Config{
+func tlsServerConfig(leaf *tls.Certificate, peer netip.AddrPort) *tls.Config {
+	cfg := &tls.Config{
 		Certificates: []tls.Certificate{*leaf},
 		NextProtos:   []string{"h2", "http/1.1"},
 		MinVersion:   tls.VersionTLS12,
 	}
+	if peer.Addr().Unmap().IsLoopback() {
+		cfg.CurvePreferences = loopbackCurves
+	}
+	return cfg
 }

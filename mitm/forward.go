@@ -157,8 +157,8 @@ func (b *Broker) rewrite(pr *httputil.ProxyRequest) {
 		return
 	}
 	if f.svc.Auth.Kind != policy.AuthNone {
-		f.forms = scrub.Forms(append(injected, f.secret))
-		f.scrub = scrub.New(f.forms)
+		e := b.scrubs.get(append(injected, f.secret))
+		f.forms, f.scrub = e.forms, e.s
 	}
 }
 

@@ -161,12 +161,7 @@ func (b *Broker) terminate(tc *trackedConn, st *connState) {
 		return
 	}
 	defer func() { <-b.hs }()
-	conn := tls.Server(tc, &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			return b.decide(hello, st)
-		},
-	})
+	conn := tls.Server(tc, b.tlsOuter)
 	tc.SetDeadline(time.Now().Add(b.cfg.HandshakeTimeout))
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.HandshakeTimeout)
 	err := conn.HandshakeContext(ctx)
@@ -230,7 +225,7 @@ func (b *Broker) decide(hello *tls.ClientHelloInfo, st *connState) (*tls.Config,
 		b.log.Error("minting a leaf certificate failed", "sni", name, "err", err)
 		return deny("leaf_error")
 	}
-	return tlsServerConfig(leaf), nil
+	return tlsServerConfig(leaf, st.peer), nil
 }
 
 // bindError is a refused destination binding.
