@@ -22,6 +22,9 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request, _ *principal) er
 		err = s.cfg.Ready()
 	}
 	h.SetupDone = has
+	if s.cfg.Describe != nil {
+		s.cfg.Describe(&h)
+	}
 	if err != nil {
 		s.log.Warn("admin health check failed", "err", err)
 		h.Status, h.Message = "unavailable", err.Error()

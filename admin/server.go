@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agentvault/agent-vault/admin/api"
 	"github.com/agentvault/agent-vault/audit"
 	"github.com/agentvault/agent-vault/policy"
 	"github.com/agentvault/agent-vault/store"
@@ -94,6 +95,8 @@ type Config struct {
 	// redirect rules installed); nil means ready. /health answers 503 with
 	// its error.
 	Ready func() error
+	// Describe adds the data path's addresses to /health (nil: none).
+	Describe func(h *api.Health)
 
 	// AllowedHosts are extra names the Host header may carry (the
 	// appliance's DNS name). The listener's own address and localhost,

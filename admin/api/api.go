@@ -53,6 +53,12 @@ type Health struct {
 	Insecure  bool   `json:"insecure,omitempty"` // the store runs without a master password
 	Version   string `json:"version,omitempty"`
 	Message   string `json:"message,omitempty"` // why it is unavailable
+	// Where the data path listens, for `agent-vault run`: the explicit
+	// proxy's address ("" when disabled), the capture mode and, in local
+	// mode, the agents' cgroup (absolute path).
+	ProxyAddr    string `json:"proxy_addr,omitempty"`
+	Redirect     string `json:"redirect,omitempty"`
+	AgentsCgroup string `json:"agents_cgroup,omitempty"`
 }
 
 // LoginRequest is the body of POST /setup and POST /login.

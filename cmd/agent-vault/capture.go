@@ -33,9 +33,10 @@ import (
 // are held by file descriptors) while the iptables backstop stays, so the
 // agents fail closed too.
 type capture struct {
-	mode  string
-	log   *slog.Logger
-	local atomic.Pointer[redirect.Local]
+	mode         string
+	log          *slog.Logger
+	local        atomic.Pointer[redirect.Local]
+	agentsCgroup string // local mode: the agents' cgroup, absolute
 }
 
 // origin is mitm's Config.Origin.
@@ -116,6 +117,7 @@ func (c *capture) install(cfg *serverConfig, dp *dataPathListeners, admin net.Ad
 			return withHint(fmt.Errorf("attach eBPF programs to %s: %w", path, err), "run 'agent-vault doctor' to see what is missing")
 		}
 		c.local.Store(l)
+		c.agentsCgroup = path
 		if err := redirect.CleanupExcept(l.Backstop()); err != nil {
 			c.log.Warn("could not remove an earlier run's rules", "err", err)
 		}

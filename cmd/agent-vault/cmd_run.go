@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -76,7 +77,7 @@ is removed from its environment).`,
 	f.StringVar(&o.agent, "agent", "", "name of the short-lived agent (default run-<random>)")
 	f.StringVar(&o.mode, "mode", "", "local (cgroup capture, needs root) or proxy (HTTPS_PROXY); default local as root, else proxy")
 	f.StringVar(&o.agentsCgroup, "agents-cgroup", "agent-vault.agents", "with --mode local: the server's --agents-cgroup")
-	f.StringVar(&o.proxy, "proxy", "", "with --mode proxy: the explicit proxy URL (default http://<admin host>:14322)")
+	f.StringVar(&o.proxy, "proxy", "", "with --mode proxy: the explicit proxy URL (default: where the server says its proxy listens)")
 	f.DurationVar(&o.ttl, "ttl", 12*time.Hour, "the agent expires after this long even if run is killed")
 	return cmd
 }
@@ -101,17 +102,24 @@ func (a *app) runAgent(cmd *cobra.Command, o runOptions, argv []string) error {
 		}
 		o.agent = "run-" + hex.EncodeToString(b[:])
 	}
-	var agentsCgroup string
-	if o.mode == "local" {
-		var err error
-		if agentsCgroup, err = localRunReady(o.agentsCgroup); err != nil {
-			return err
-		}
-	}
 	ctx := cmd.Context()
 	c, err := a.client()
 	if err != nil {
 		return err
+	}
+	// The server says where its data path listens; flags given explicitly win.
+	health, _ := c.Health(ctx)
+	if !cmd.Flags().Changed("agents-cgroup") && health.AgentsCgroup != "" {
+		o.agentsCgroup = health.AgentsCgroup
+	}
+	if o.proxy == "" && health.ProxyAddr != "" {
+		o.proxy = a.proxyFromHealth(health.ProxyAddr)
+	}
+	var agentsCgroup string
+	if o.mode == "local" {
+		if agentsCgroup, err = localRunReady(o.agentsCgroup); err != nil {
+			return err
+		}
 	}
 	if o.vault == "" {
 		vs, err := c.Vaults(ctx)
@@ -261,6 +269,21 @@ func deleteAgent(c *client.Client, name string) func() error {
 }
 
 // proxyURL is --proxy, else the admin server's host with port 14322.
+// proxyFromHealth turns the server's proxy listen address into a URL the
+// command can reach: an unspecified host means the admin server's host.
+func (a *app) proxyFromHealth(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	if ip, err := netip.ParseAddr(host); host == "" || err == nil && ip.IsUnspecified() {
+		if su, err := url.Parse(a.serverURL()); err == nil && su.Hostname() != "" {
+			host = su.Hostname()
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port)
+}
+
 func (a *app) proxyURL(flag string) (*url.URL, error) {
 	raw := flag
 	if raw == "" {

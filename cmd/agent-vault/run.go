@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/agentvault/agent-vault/admin"
+	"github.com/agentvault/agent-vault/admin/api"
 	"github.com/agentvault/agent-vault/policy"
 	"github.com/agentvault/agent-vault/redirect"
 	"github.com/agentvault/agent-vault/store"
@@ -121,6 +122,7 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 
 	// 5. listeners: admin API first, then the data path
 	var ready atomic.Bool
+	var described atomic.Pointer[api.Health] // the data path's addresses, once bound
 	adm, err := admin.New(admin.Config{
 		Store:   st,
 		Logger:  log,
@@ -133,6 +135,11 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 			return nil
 		},
 		Password: passwordParams(cfg),
+		Describe: func(h *api.Health) {
+			if d := described.Load(); d != nil {
+				h.ProxyAddr, h.Redirect, h.AgentsCgroup = d.ProxyAddr, d.Redirect, d.AgentsCgroup
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -152,7 +159,7 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 	capture := &capture{mode: cfg.Redirect, log: log}
 	var current atomic.Pointer[policy.Snapshot]
 	current.Store(snap)
-	dns, err := newDNSProxy(&cfg, resolver, log, st, capture.identifyDNS(current.Load))
+	dns, err := newDNSProxy(&cfg, resolver, log, st, capture.identifyDNS(current.Load), capture.identifyDNSConn(current.Load))
 	if err != nil {
 		dp.close()
 		return err
@@ -187,6 +194,7 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 		return err
 	}
 	stops.push("capture", capture.stop)
+	described.Store(&api.Health{ProxyAddr: addrString(dp.proxy), Redirect: cfg.Redirect, AgentsCgroup: capture.agentsCgroup})
 
 	// 7. ready
 	if err := writeFileAtomic(filepath.Join(cfg.DataDir, addrFile), []byte(adminAddr+"\n"), 0o600); err != nil {
