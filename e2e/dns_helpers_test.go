@@ -139,7 +139,8 @@ func urlHost(a netip.Addr) string {
 // probeScript is a raw socket client: tcp connects and sends a line; udp
 // sends three datagrams on a connected socket and waits for a reply; icmp
 // sends an echo request and waits for the reply. Exit 3:
-// refused (RST or ICMP port unreachable), 4: timed out, 0: sent (tcp) or a
+// refused (RST or ICMP port unreachable), 4: timed out, 5: EPERM (a cgroup
+// program or an OUTPUT rule said no), 0: sent (tcp) or a
 // reply came (udp).
 const probeScript = `
 import socket,sys
@@ -171,6 +172,7 @@ try:
         s.recv(100); print('reply')
 except ConnectionRefusedError: print('refused'); sys.exit(3)
 except (socket.timeout, TimeoutError): print('timeout'); sys.exit(4)
+except PermissionError: print('eperm'); sys.exit(5)
 `
 
 // probe runs probeScript as the agent.

@@ -226,14 +226,43 @@ func (l *dataPathListeners) selfAddrs(admin net.Addr) []netip.AddrPort {
 	return out
 }
 
+// identifyDNSConn is the DNS proxy's IdentifyConn: a TCP connection to the
+// DNS listener is identified by the eBPF record of the captured connection
+// in local mode (keyed by its 4-tuple and consumed here, once), by its
+// source address otherwise.
+func (c *capture) identifyDNSConn(current func() *policy.Snapshot) func(net.Conn) (string, bool) {
+	return func(conn net.Conn) (string, bool) {
+		snap := current()
+		if snap == nil {
+			return "", false
+		}
+		var a *policy.Agent
+		var ok bool
+		if l := c.local.Load(); l != nil {
+			_, id, err := l.OriginalDst(conn)
+			if err != nil {
+				return "", false
+			}
+			a, ok = snap.AgentByCgroupID(id)
+		} else {
+			a, ok = snap.AgentBySource(addrPortOf(conn.RemoteAddr()).Addr().Unmap())
+		}
+		if !ok {
+			return "", false
+		}
+		return a.Name, true
+	}
+}
+
 // newDNSProxy builds the DNS proxy for the chosen capture mode.
 func newDNSProxy(cfg *serverConfig, upstream string, log *slog.Logger, st *store.Store,
-	identify func(netip.AddrPort) (string, bool)) (*dnsproxy.Proxy, error) {
+	identify func(netip.AddrPort) (string, bool), identifyConn func(net.Conn) (string, bool)) (*dnsproxy.Proxy, error) {
 	dialer := &net.Dialer{Timeout: 2 * time.Second, Control: markControl(cfg.Redirect)}
 	return dnsproxy.New(dnsproxy.Config{
 		Upstream:     upstream,
 		Dialer:       dialer,
 		Identify:     identify,
+		IdentifyConn: identifyConn,
 		IPv6:         ipv6Enabled(),
 		AllowPrivate: cfg.AllowPrivate,
 		Audit:        st,
