@@ -96,6 +96,13 @@ func bypassScenarios(g *appliance.Gateway, r *rig, v6 bool) []bypass {
 					netip.AddrPortFrom(api, 443).String()+" </dev/null 2>&1")
 			},
 			codes: []int{1}, want: "alert", audit: connRow("no_sni", ""), auditS: "connection deny no_sni"},
+		// ECH, decided: the broker completes (or refuses) the handshake as
+		// the outer ClientHello's public name, like any SNI; it never holds
+		// ECH keys, so real ECH is rejected and the client retries without
+		// it, while GREASE ECH (sent by browsers on every connection) keeps
+		// working. Denying every hello with the extension would break those
+		// browsers. The inner name is never decrypted nor forwarded, and the
+		// public name goes through destination binding: here it is refused.
 		{name: "ECH with the allowed name as public name, to the canary", dst: canary,
 			run: func() (string, int) {
 				return echClient(r, canary, appliance.APIHost, appliance.OtherHost)
