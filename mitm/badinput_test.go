@@ -1,0 +1,157 @@
+package mitm
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// tunnel opens a CONNECT tunnel to api.example.test and a TLS session in
+// it, returning the raw TLS connection so a test can write bytes no client
+// library would send.
+func (e *env) tunnel(t *testing.T) (*tls.Conn, *bufio.Reader) {
+	t.Helper()
+	target := fmt.Sprintf("api.example.test:%d", e.up.port)
+	c, resp := rawConnect(t, e.proxyAddr, target, "Bearer "+agentToken)
+	if resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %s", resp.Status)
+	}
+	tc := tls.Client(c, &tls.Config{ServerName: "api.example.test", RootCAs: e.caPool, NextProtos: []string{"http/1.1"}})
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	return tc, bufio.NewReader(tc)
+}
+
+// Request smuggling: the broker parses every request itself and re-sends it
+// upstream as a new, well-formed request, so whatever framing tricks the
+// agent plays, the upstream sees exactly the requests the broker decided on
+// and audited, one intent row each.
+func TestSmugglingAttempts(t *testing.T) {
+	cases := []struct {
+		name     string
+		raw      string
+		wantCode int // first response's status
+	}{
+		{"CL and TE together", "POST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: other.example.test\r\n\r\n", 0},
+		{"two Content-Lengths", "POST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabcGET /smuggled HTTP/1.1\r\n\r\n", 400},
+		{"TE not chunked", "POST /echo HTTP/1.1\r\nHost: api.example.test\r\nTransfer-Encoding: gzip\r\n\r\nxyz", 501},
+		{"obs-fold header", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX-A: a\r\n b\r\n\r\n", 0}, // Go unfolds it; harmless once re-sent
+		{"bare LF and space before colon", "GET /echo HTTP/1.1\r\nHost : api.example.test\r\n\r\n", 400},
+		{"invalid UTF-8 in Host", "GET /echo HTTP/1.1\r\nHost: \xff\xfe.example.test\r\n\r\n", 400},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			tc, br := e.tunnel(t)
+			if _, err := io.WriteString(tc, c.raw); err != nil {
+				t.Fatal(err)
+			}
+			var statuses []int
+			tc.SetReadDeadline(time.Now().Add(time.Second))
+			for i := 0; i < 3; i++ {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					break
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				statuses = append(statuses, resp.StatusCode)
+			}
+			if c.wantCode != 0 && (len(statuses) == 0 || statuses[0] != c.wantCode) {
+				t.Errorf("statuses %v, want first %d", statuses, c.wantCode)
+			}
+			if c.name == "CL and TE together" && fmt.Sprint(statuses) != "[200 421]" {
+				// the chunked body ends at 0; the rest is a second request, for
+				// another host on this connection: misdirected
+				t.Errorf("statuses %v, want [200 421]", statuses)
+			}
+			intents := len(e.sink.find(ActionRequest, "allow"))
+			got := e.up.received()
+			if len(got) != intents {
+				t.Fatalf("upstream received %d requests, broker audited %d allowed intents (statuses %v)", len(got), intents, statuses)
+			}
+			for _, r := range got {
+				if r.Path == "/smuggled" && r.Host != "api.example.test" {
+					t.Fatalf("a smuggled request for %s reached the upstream", r.Host)
+				}
+			}
+			e.assertNoSecretLeak()
+		})
+	}
+}
+
+// Oversized request headers are refused before anything is decided.
+func TestOversizedHeaders(t *testing.T) {
+	e := newEnv(t)
+	tc, br := e.tunnel(t)
+	fmt.Fprintf(tc, "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", 200<<10))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d, want 431", resp.StatusCode)
+	}
+	if n := len(e.up.received()); n != 0 {
+		t.Fatalf("upstream received %d requests", n)
+	}
+}
+
+// Absurd SNI values end the handshake; the broker keeps serving.
+func TestAbsurdSNI(t *testing.T) {
+	e := newEnv(t)
+	for _, sni := range []string{strings.Repeat("a", 300) + ".example.test", strings.Repeat("x.", 120) + "test", "a..b.example.test"} {
+		e.setOrigin(e.up.port)
+		c, err := net.Dial("tcp", e.transAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(c, &tls.Config{ServerName: sni, RootCAs: e.caPool, InsecureSkipVerify: true})
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := tc.Handshake(); err == nil {
+			// a handshake may complete only to answer no_service; it must never reach upstream
+			fmt.Fprintf(tc, "GET /echo HTTP/1.1\r\nHost: %s\r\n\r\n", sni)
+			if resp, err := http.ReadResponse(bufio.NewReader(tc), nil); err == nil && resp.StatusCode == 200 {
+				t.Fatalf("SNI %q got 200", sni)
+			}
+		}
+		tc.Close()
+	}
+	if n := len(e.up.received()); n != 0 {
+		t.Fatalf("upstream received %d requests", n)
+	}
+	resp, err := e.proxyClient(agentToken, false).Get(e.url("api.example.test", "/echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("after absurd SNIs: %d", resp.StatusCode)
+	}
+}
+
+// An upstream that dies answers 502 upstream_error, and the message holds
+// no secret.
+func TestUpstreamFailureIs502WithoutSecret(t *testing.T) {
+	e := newEnv(t)
+	port := e.up.port
+	e.up.srv.Close()
+	resp, err := e.proxyClient(agentToken, false).Get(fmt.Sprintf("https://api.example.test:%d/echo", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := expectError(t, resp, http.StatusBadGateway, CodeUpstreamError)
+	if strings.Contains(fmt.Sprint(body), sentinel) {
+		t.Fatal("the 502 names the secret")
+	}
+	e.assertNoSecretLeak()
+}
