@@ -57,6 +57,10 @@ type Config struct {
 	// DestinationAllowed, when set, may accept an original destination IP the
 	// broker did not resolve itself for the name (the DNS proxy's pins).
 	DestinationAllowed func(agent, host string, ip netip.Addr) bool
+	// HoldDestination, when set, is called once a transparent connection's
+	// original destination is bound to its name, and its release when the
+	// connection closes: the DNS proxy keeps that pin alive meanwhile.
+	HoldDestination func(agent, host string, ip netip.Addr) (release func())
 
 	// UpstreamRoots verifies upstream certificates (nil: the system roots).
 	UpstreamRoots *x509.CertPool

@@ -196,7 +196,12 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 }
 
 func (c *trackedConn) Close() error {
-	c.once.Do(func() { c.b.untrack(c) })
+	c.once.Do(func() {
+		c.b.untrack(c)
+		if c.st != nil {
+			c.st.releaseHold()
+		}
+	})
 	return c.Conn.Close()
 }
 

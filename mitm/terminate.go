@@ -52,9 +52,21 @@ type connState struct {
 	port    int    // the upstream port
 	connect string // CONNECT host the SNI must equal
 
-	mu    sync.Mutex
-	bound bool
-	dest  dest
+	mu      sync.Mutex
+	bound   bool
+	dest    dest
+	release func() // ends the pin hold of a bound transparent destination
+}
+
+// releaseHold ends the connection's pin hold, once.
+func (st *connState) releaseHold() {
+	st.mu.Lock()
+	r := st.release
+	st.release = nil
+	st.mu.Unlock()
+	if r != nil {
+		r()
+	}
 }
 
 // dest is a validated upstream: the only addresses the broker may dial for
@@ -260,6 +272,9 @@ func (b *Broker) bind(ctx context.Context, st *connState) error {
 		return err
 	}
 	st.dest, st.bound = d, true
+	if hold := b.cfg.HoldDestination; hold != nil && (st.kind == kindTransparentTLS || st.kind == kindTransparentPlain) && st.agent != "" {
+		st.release = hold(st.agent, st.name, st.origin.OriginalDst.Addr().Unmap())
+	}
 	return nil
 }
 

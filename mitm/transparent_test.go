@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -409,4 +410,44 @@ func TestDotSegmentsRefused(t *testing.T) {
 	if len(e.up.received()) != 0 {
 		t.Fatal("upstream received a request")
 	}
+}
+
+// A bound transparent connection holds its destination's pin while it
+// lives, and releases it once when it closes.
+func TestHoldDestinationForTheConnectionsLife(t *testing.T) {
+	var mu sync.Mutex
+	var held, released []string
+	e := newEnv(t, func(c *Config) {
+		c.HoldDestination = func(agent, host string, ip netip.Addr) func() {
+			key := agent + "|" + host + "|" + ip.String()
+			mu.Lock()
+			held = append(held, key)
+			mu.Unlock()
+			return func() {
+				mu.Lock()
+				released = append(released, key)
+				mu.Unlock()
+			}
+		}
+	})
+	client := e.transparentClient(false)
+	for i := 0; i < 3; i++ { // three requests, one keep-alive connection
+		resp, err := client.Get(e.url("api.example.test", "/echo"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	mu.Lock()
+	if len(held) != 1 || held[0] != "agent1|api.example.test|127.0.0.1" || len(released) != 0 {
+		t.Fatalf("while open: held %v, released %v", held, released)
+	}
+	mu.Unlock()
+	client.CloseIdleConnections()
+	waitFor(t, "the hold's release", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(released) == 1 && released[0] == held[0]
+	})
 }

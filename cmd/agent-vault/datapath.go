@@ -272,7 +272,7 @@ func newDNSProxy(cfg *serverConfig, upstream string, log *slog.Logger, st *store
 
 // newBroker builds the data path's broker.
 func newBroker(cfg *serverConfig, authority *ca.Authority, st *store.Store, roots *x509.CertPool,
-	upstream string, origin func(net.Conn) (mitm.Origin, error), pinned func(agent, host string, ip netip.Addr) bool,
+	upstream string, origin func(net.Conn) (mitm.Origin, error), pins *dnsproxy.Proxy,
 	self []netip.AddrPort, log *slog.Logger) (*mitm.Broker, error) {
 	return mitm.New(mitm.Config{
 		CA:                    authority,
@@ -280,7 +280,8 @@ func newBroker(cfg *serverConfig, authority *ca.Authority, st *store.Store, root
 		Audit:                 st,
 		Origin:                origin,
 		UpstreamDNS:           upstream,
-		DestinationAllowed:    pinned,
+		DestinationAllowed:    pins.Pinned, // the DNS proxy's pins for (agent, name)
+		HoldDestination:       pins.Hold,   // kept alive while a connection uses them
 		UpstreamRoots:         roots,
 		AllowPrivateUpstreams: cfg.AllowPrivate,
 		DialControl:           markControl(cfg.Redirect),

@@ -164,7 +164,7 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 		dp.close()
 		return err
 	}
-	broker, err := newBroker(&cfg, authority, st, roots, resolver, capture.origin, dns.Pinned, dp.selfAddrs(l.Addr()), log)
+	broker, err := newBroker(&cfg, authority, st, roots, resolver, capture.origin, dns, dp.selfAddrs(l.Addr()), log)
 	if err != nil {
 		dp.close()
 		return err
