@@ -32,4 +32,17 @@
 // of them. WebSocket traffic after the 101 upgrade is relayed as opaque bytes:
 // its frames are not scrubbed in either direction (the upgrade response's
 // headers are).
+//
+// ECH (a departure from ARCHITECTURE.md section 3, which says to deny it):
+// the broker decides on the ClientHello's outer name like on any other SNI
+// and completes (or refuses) the handshake as that name; it never reads or
+// forwards the encrypted inner hello. Browsers send GREASE ECH on every
+// connection, so denying every hello that carries the extension would break
+// them, while a real ECH attempt is simply rejected by a server without ECH
+// keys and the client retries without it. The DNS proxy withholds HTTPS/SVCB
+// records, so clients get no ECH configuration through the appliance anyway.
+//
+// A bound transparent connection holds its destination's DNS pin
+// (Config.HoldDestination) until it closes, so a long-lived connection is
+// never orphaned by its lease expiring.
 package mitm
