@@ -168,6 +168,7 @@ func StartGateway(t *testing.T, extraArgs ...string) *Gateway {
 		if err := g.Srv.Stop(); err != nil {
 			t.Logf("server stop: %v", err)
 		}
+		assertNoSecretAnywhere(t, g.Srv)
 		if t.Failed() {
 			t.Logf("server log:\n%s", g.Srv.Log())
 		}

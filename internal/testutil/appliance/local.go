@@ -135,6 +135,7 @@ func StartLocal(t *testing.T, extraArgs ...string) *Local {
 		if err := l.Srv.Stop(); err != nil {
 			t.Logf("server stop: %v", err)
 		}
+		assertNoSecretAnywhere(t, l.Srv)
 		if t.Failed() {
 			t.Logf("server log:\n%s", l.Srv.Log())
 		}
