@@ -1,10 +1,13 @@
 package mitm
 
 import (
+	"bufio"
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime"
 	"sync/atomic"
@@ -122,4 +125,73 @@ func BenchmarkBrokeredParallel(b *testing.B) {
 			b.Logf("BENCH case=parallel16-h2-%v broker=%.0f direct=%.0f unit=req/s ratio=%.3f", h2, rps(db), rps(dd), rps(db)/rps(dd))
 		})
 	}
+}
+
+// BenchmarkIdleConnMemory opens b.N agent connections through the explicit
+// proxy (CONNECT, then a TLS handshake inside the tunnel), leaves them idle
+// and reports the broker's heap and stack growth per connection (the test
+// process holds the clients too: their share is measured separately by
+// opening the same number of direct TLS connections to the upstream).
+func BenchmarkIdleConnMemory(b *testing.B) {
+	e := newEnv(b, func(c *Config) { c.Logger = slog.New(slog.NewJSONHandler(io.Discard, nil)) })
+	e.sink.quiet = true
+	auth := "Basic " + base64.StdEncoding.EncodeToString([]byte("agent:"+agentToken))
+	mem := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapInuse + m.StackInuse
+	}
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	open := func(viaBroker bool) {
+		var c net.Conn
+		var err error
+		if viaBroker {
+			c, err = net.Dial("tcp", e.proxyAddr)
+			if err == nil {
+				fmt.Fprintf(c, "CONNECT api.example.test:%d HTTP/1.1\r\nHost: api.example.test\r\nProxy-Authorization: %s\r\n\r\n", e.up.port, auth)
+				var resp *http.Response
+				if resp, err = http.ReadResponse(bufio.NewReader(c), nil); err == nil && resp.StatusCode != 200 {
+					err = fmt.Errorf("CONNECT: %s", resp.Status)
+				}
+			}
+		} else {
+			c, err = net.Dial("tcp", e.up.srv.Listener.Addr().String())
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		roots := e.caPool
+		if !viaBroker {
+			roots = e.b.cfg.UpstreamRoots
+		}
+		tc := tls.Client(c, &tls.Config{ServerName: "api.example.test", RootCAs: roots, NextProtos: []string{"http/1.1"}})
+		if err := tc.Handshake(); err != nil {
+			b.Fatal(err)
+		}
+		conns = append(conns, tc)
+	}
+	b.ResetTimer()
+	m0 := mem()
+	for i := 0; i < b.N; i++ {
+		open(false)
+	}
+	time.Sleep(100 * time.Millisecond)
+	m1 := mem()
+	for i := 0; i < b.N; i++ {
+		open(true)
+	}
+	time.Sleep(100 * time.Millisecond)
+	m2 := mem()
+	b.StopTimer()
+	direct := float64(m1-m0) / float64(b.N)
+	brokered := float64(m2-m1) / float64(b.N)
+	b.ReportMetric(direct, "direct-bytes/conn")
+	b.ReportMetric(brokered, "brokered-bytes/conn")
+	b.ReportMetric(brokered-direct, "broker-bytes/conn")
 }

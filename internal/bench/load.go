@@ -155,7 +155,7 @@ func (e *env) compareSmall(name string, conc int, h2, fresh bool, round time.Dur
 		bcpu.broker += c.broker
 		bcpu.self += c.self
 	}
-	e.prof.around(name, func() { load(bc, e.url("/small"), conc, round) })
+	e.prof.around(name, func() int64 { return load(bc, e.url("/small"), conc, round).n })
 	if broker.failures > broker.n/100 || direct.failures > direct.n/100 {
 		return broker, direct, bcpu, dcpu, fmt.Errorf("too many failures: broker %d of %d, direct %d of %d",
 			broker.failures, broker.n+broker.failures, direct.failures, direct.n+direct.failures)
@@ -196,6 +196,12 @@ func (e *env) compareStream(size int64, n int) (broker, direct float64, err erro
 		}
 		bt += b
 	}
+	e.prof.around("stream", func() int64 {
+		if _, err := get(bc); err != nil {
+			return 0
+		}
+		return 1
+	})
 	mib := float64(size*int64(n)) / (1 << 20)
 	return mib / bt.Seconds(), mib / dt.Seconds(), nil
 }

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -41,14 +42,24 @@ func main() {
 	only := flag.String("only", "", "comma-separated cases to run (default all)")
 	out := flag.String("out", "bench-results", "directory for the JSON results")
 	prof := flag.String("perf", "", "directory: record the broker with perf(1) during one extra broker-only round per load case")
+	events := flag.String("perf-stat", "", "perf events to count per request in one extra broker-only round per load case (e.g. syscalls:sys_enter_fdatasync)")
+	cpuprof := flag.String("cpuprofile", "", "write this driver's own CPU profile (clients, upstream) to a file")
 	flag.Parse()
-	if err := run(*bin, *quick, *only, *out, *prof); err != nil {
+	if *cpuprof != "" {
+		f, err := os.Create(*cpuprof)
+		if err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
+	if err := run(*bin, *quick, *only, *out, &profiler{dir: *prof, events: *events}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench failed:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
 
-func run(bin string, quick bool, only, outDir, profDir string) error {
+func run(bin string, quick bool, only, outDir string, prof *profiler) error {
 	bin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -63,7 +74,8 @@ func run(bin string, quick bool, only, outDir, profDir string) error {
 		return err
 	}
 	defer env.close()
-	env.prof = &profiler{dir: profDir, pid: env.srv.Pid()}
+	prof.pid = env.srv.Pid()
+	env.prof = prof
 
 	round := 2 * time.Second
 	rounds := 3
