@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -119,8 +120,10 @@ func (s *Store) writerLoop() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var due <-chan time.Time // the oldest held row's deadline; nil when none
+	last := 0 // size of the last batch committed
 	commit := func() {
 		all = append(append(all[:0], held...), batch...) // held rows are older: they go first
+		last = len(all)
 		s.commitAndWake(all)
 		clear(all)
 		clear(held)
@@ -140,6 +143,18 @@ func (s *Store) writerLoop() {
 				break
 			}
 			batch = append(batch[:0], req)
+			// Callers of the last batch are waking up to append again: let
+			// them run first, while the queue still grows (a few yields at
+			// most), so they join this batch rather than the next. This
+			// costs nothing when nobody else is runnable, and a lone
+			// caller (last batch of one) skips it.
+			for i := 0; i < 4 && last > 1; i++ {
+				n := len(s.queue)
+				runtime.Gosched()
+				if len(s.queue) == n {
+					break
+				}
+			}
 		case <-due:
 			due = nil
 			commit() // held rows only
