@@ -198,6 +198,6 @@ func (b *Broker) handleConnect(w http.ResponseWriter, r *http.Request, tc *track
 		return
 	}
 	st := &connState{kind: kindTunnel, agent: agent.Name, peer: peer, connect: host, port: port}
-	tc.st = st
+	b.setState(tc, st)
 	b.terminate(tc, st)
 }

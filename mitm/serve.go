@@ -197,9 +197,8 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() {
-		c.b.untrack(c)
-		if c.st != nil {
-			c.st.releaseHold()
+		if st := c.b.untrack(c); st != nil {
+			st.releaseHold()
 		}
 	})
 	return c.Conn.Close()
@@ -240,7 +239,10 @@ func (b *Broker) retrack(tc *trackedConn, agent string) {
 	b.conns[agent][tc] = struct{}{}
 }
 
-func (b *Broker) untrack(tc *trackedConn) {
+// untrack removes tc from the registry and returns its state (read under
+// b.mu: Close may run on another goroutine, e.g. revocation, while the
+// connection's own goroutine publishes the state with setState).
+func (b *Broker) untrack(tc *trackedConn) *connState {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if set := b.conns[tc.agent]; set != nil {
@@ -249,6 +251,15 @@ func (b *Broker) untrack(tc *trackedConn) {
 			delete(b.conns, tc.agent)
 		}
 	}
+	return tc.st
+}
+
+// setState attaches the connection's state once it is known; the
+// connection is already registered, so a concurrent Close may read it.
+func (b *Broker) setState(tc *trackedConn, st *connState) {
+	b.mu.Lock()
+	tc.st = st
+	b.mu.Unlock()
 }
 
 // closeInactive closes every live connection of an agent that the current

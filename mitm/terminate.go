@@ -116,7 +116,7 @@ func (b *Broker) handleTransparent(c net.Conn) {
 	}
 	tc := b.track(c, name)
 	st := &connState{agent: name, peer: peer, origin: org, port: int(org.OriginalDst.Port())}
-	tc.st = st
+	b.setState(tc, st)
 
 	// One byte tells TLS (a handshake record) from plain HTTP.
 	c.SetDeadline(time.Now().Add(b.cfg.HandshakeTimeout))
