@@ -26,6 +26,13 @@
 // upstream. inject.Apply runs for every auth kind, so an agent's own
 // Authorization and Proxy-* headers never pass, auth none included.
 //
+// Agent-facing TLS: one shared server configuration, so session tickets
+// resume across an agent's connections (every ClientHello is still decided);
+// agents on loopback get X25519 key exchange, agents on other hosts Go's
+// default post-quantum hybrid first (see loopbackCurves). Compiled scrubbers
+// are cached by a digest of the injected values and dropped on every policy
+// swap.
+//
 // Completion audit rows ("request.complete") are appended asynchronously
 // after the response has been streamed, so the response never waits on the
 // audit store; they are retried a few times, and Shutdown waits for every one
