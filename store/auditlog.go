@@ -120,7 +120,7 @@ func (s *Store) writerLoop() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var due <-chan time.Time // the oldest held row's deadline; nil when none
-	last := 0 // size of the last batch committed
+	last := 0                // size of the last batch committed
 	commit := func() {
 		all = append(append(all[:0], held...), batch...) // held rows are older: they go first
 		last = len(all)
