@@ -219,6 +219,7 @@ func (s *Store) commitBatch(batch []*appendReq) error {
 	sealed := make([]audit.Event, len(batch))
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := bucket(tx, bucketAudit)
+		b.FillPercent = appendFill
 		prev, err := lastHash(b)
 		if err != nil {
 			return err
@@ -244,6 +245,11 @@ func (s *Store) commitBatch(batch []*appendReq) error {
 	return nil
 }
 
+// appendFill packs audit pages full: rows only ever go to the end (keys
+// are increasing sequence numbers), so bbolt's default of half-full pages
+// would only double the pages each commit writes and the file's size.
+const appendFill = 1.0
+
 // appendTx appends one event to the chain inside tx (the mutation path).
 func (s *Store) appendTx(tx *bolt.Tx, ev *audit.Event) error {
 	if ev.Time.IsZero() {
@@ -251,6 +257,7 @@ func (s *Store) appendTx(tx *bolt.Tx, ev *audit.Event) error {
 	}
 	ev.Time = ev.Time.UTC()
 	b := bucket(tx, bucketAudit)
+	b.FillPercent = appendFill
 	prev, err := lastHash(b)
 	if err != nil {
 		return err
