@@ -123,13 +123,10 @@ func (c *capture) install(cfg *serverConfig, dp *dataPathListeners, admin net.Ad
 		}
 		c.log.Info("local capture attached", "cgroup", path)
 	default:
-		// mode none: an earlier gateway/local run's rules would still send
-		// agents here; remove them if we can (root with iptables).
-		if os.Geteuid() == 0 && haveIptables() {
-			if err := redirect.Cleanup(); err != nil {
-				c.log.Warn("could not remove an earlier run's rules", "err", err)
-			}
-		}
+		// Mode none touches no kernel state: another appliance in this
+		// network namespace may own the AV-* rules, and an earlier run's
+		// leftovers fail closed (they redirect to our ports or drop).
+		// `agent-vault server --cleanup` removes them on purpose.
 	}
 	return nil
 }
