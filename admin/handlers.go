@@ -23,6 +23,27 @@ func pathName(r *http.Request, wildcard, field string) (string, error) {
 	return v, nil
 }
 
+// vaultAndName reads the path's vault and the item named by wildcard (checked
+// as field), like /vaults/{vault}/credentials/{key}.
+func vaultAndName(r *http.Request, wildcard, field string) (vault, name string, err error) {
+	if vault, err = pathName(r, "vault", "vault"); err != nil {
+		return "", "", err
+	}
+	if name, err = pathName(r, wildcard, field); err != nil {
+		return "", "", err
+	}
+	return vault, name, nil
+}
+
+// noContent answers 204 when err (the store call's) is nil, else returns it.
+func noContent(w http.ResponseWriter, err error) error {
+	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
 // listVaults lists the vaults the caller holds a role in.
 func (s *Server) listVaults(w http.ResponseWriter, r *http.Request, p *principal) error {
 	vs, err := s.cfg.Store.Vaults()
@@ -61,11 +82,7 @@ func (s *Server) deleteVault(w http.ResponseWriter, r *http.Request, p *principa
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Store.DeleteVault(p.actor(), name); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	return noContent(w, s.cfg.Store.DeleteVault(p.actor(), name))
 }
 
 func toAPICredential(c store.Credential) api.Credential {
@@ -93,11 +110,7 @@ func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request, _ *prin
 const maxCredentialBytes = 64 << 10
 
 func (s *Server) setCredential(w http.ResponseWriter, r *http.Request, p *principal) error {
-	vault, err := pathName(r, "vault", "vault")
-	if err != nil {
-		return err
-	}
-	key, err := pathName(r, "key", "credential")
+	vault, key, err := vaultAndName(r, "key", "credential")
 	if err != nil {
 		return err
 	}
@@ -133,19 +146,11 @@ func checkValue(v string) error {
 }
 
 func (s *Server) deleteCredential(w http.ResponseWriter, r *http.Request, p *principal) error {
-	vault, err := pathName(r, "vault", "vault")
+	vault, key, err := vaultAndName(r, "key", "credential")
 	if err != nil {
 		return err
 	}
-	key, err := pathName(r, "key", "credential")
-	if err != nil {
-		return err
-	}
-	if err := s.cfg.Store.DeleteCredential(p.actor(), vault, key); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	return noContent(w, s.cfg.Store.DeleteCredential(p.actor(), vault, key))
 }
 
 func (s *Server) listServices(w http.ResponseWriter, r *http.Request, _ *principal) error {
@@ -191,19 +196,11 @@ func (s *Server) addService(w http.ResponseWriter, r *http.Request, p *principal
 }
 
 func (s *Server) deleteService(w http.ResponseWriter, r *http.Request, p *principal) error {
-	vault, err := pathName(r, "vault", "vault")
+	vault, name, err := vaultAndName(r, "name", "name")
 	if err != nil {
 		return err
 	}
-	name, err := pathName(r, "name", "name")
-	if err != nil {
-		return err
-	}
-	if err := s.cfg.Store.DeleteService(p.actor(), vault, name); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	return noContent(w, s.cfg.Store.DeleteService(p.actor(), vault, name))
 }
 
 func toAPIAgent(a store.AgentRecord) api.Agent {
@@ -388,11 +385,7 @@ func (s *Server) revokeAgent(w http.ResponseWriter, r *http.Request, p *principa
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Store.RevokeAgent(p.actor(), name); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	return noContent(w, s.cfg.Store.RevokeAgent(p.actor(), name))
 }
 
 func (s *Server) deleteAgent(w http.ResponseWriter, r *http.Request, p *principal) error {
@@ -400,9 +393,5 @@ func (s *Server) deleteAgent(w http.ResponseWriter, r *http.Request, p *principa
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Store.DeleteAgent(p.actor(), name); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	return noContent(w, s.cfg.Store.DeleteAgent(p.actor(), name))
 }

@@ -102,11 +102,7 @@ func (s *Server) grantRole(w http.ResponseWriter, r *http.Request, p *principal)
 }
 
 func (s *Server) removeUser(w http.ResponseWriter, r *http.Request, p *principal) error {
-	if err := s.cfg.Store.RemoveUser(p.actor(), r.PathValue("email")); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	return noContent(w, s.cfg.Store.RemoveUser(p.actor(), r.PathValue("email")))
 }
 
 var errBadInvite = errorf(http.StatusUnauthorized, api.CodeUnauthorized,
