@@ -103,6 +103,25 @@ func (s *Server) table() []route {
 		{"GET " + v + "/audit/export", anyHuman, "", s.auditExport},
 		{"GET " + v + "/audit/stream", anyHuman, "", s.auditStream},
 		{"GET " + v + "/audit/verify", anyHuman, "", s.auditVerify},
+
+		// The web UI (ui.go, ui_pages.go). Its routes are public here
+		// because s.ui authenticates them itself: only the session
+		// cookie, a redirect to the login page instead of a JSON 401, the
+		// CSRF token as a form field, roles checked as the API does.
+		{"GET /{$}", public, "", s.uiRoot},
+		{"GET /ui/static/{file}", public, "", s.uiStatic},
+		{"GET /ui/login", public, "", s.uiLoginPage},
+		{"POST /ui/login", public, "", s.uiLogin},
+		{"POST /ui/logout", public, "", s.ui(s.uiLogout)},
+		{"GET /ui/{$}", public, "", s.ui(s.uiVaults)},
+		{"GET /ui/vaults/{vault}", public, "", s.ui(s.uiVault)},
+		{"POST /ui/vaults/{vault}/credentials", public, "", s.ui(s.uiSetCredential)},
+		{"POST /ui/vaults/{vault}/agents/{name}/revoke", public, "", s.ui(s.uiRevokeAgent)},
+		{"GET /ui/proposals", public, "", s.ui(s.uiProposals)},
+		{"POST /ui/proposals/{id}/approve", public, "", s.ui(s.uiApprove)},
+		{"POST /ui/proposals/{id}/reject", public, "", s.ui(s.uiReject)},
+		{"GET /ui/audit", public, "", s.ui(s.uiAudit)},
+		{"/ui/", public, "", s.uiNotFound},
 	}
 }
 
