@@ -130,6 +130,59 @@ func need(cmd *cobra.Command, flags ...string) error {
 	return nil
 }
 
+// nameAction describes a command that acts on one named thing and says so:
+// "Service api deleted from vault prod." or, with --json,
+// {"deleted": "api", "vault": "prod"}.
+type nameAction struct {
+	use, arg, short string  // "delete", "NAME", "Delete a service"
+	noun, done      string  // "Service", "deleted"
+	vault           *string // not nil: --vault is required and named in the output
+	do              func(ctx context.Context, c *client.Client, vault, name string) error
+	explain         func(cmd *cobra.Command, err error) error // nil: app.explain
+}
+
+// nameActionCmd is the command n describes, with --json bound to asJSON
+// (--vault, when n needs it, is the caller's to add).
+func (a *app) nameActionCmd(asJSON *bool, n nameAction) *cobra.Command {
+	use := n.use + " " + n.arg
+	if n.vault != nil {
+		use = n.use + " --vault VAULT " + n.arg
+	}
+	if n.explain == nil {
+		n.explain = a.explain
+	}
+	return &cobra.Command{
+		Use:   use,
+		Short: n.short,
+		Args:  exactArgs(n.arg),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vault, where := "", ""
+			if n.vault != nil {
+				if err := need(cmd, "vault"); err != nil {
+					return err
+				}
+				vault, where = *n.vault, " from vault "+*n.vault
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			if err := n.do(cmd.Context(), c, vault, args[0]); err != nil {
+				return n.explain(cmd, err)
+			}
+			if *asJSON {
+				out := map[string]string{n.done: args[0]}
+				if n.vault != nil {
+					out["vault"] = vault
+				}
+				return a.printJSON(out)
+			}
+			fmt.Fprintf(a.stdout, "%s %s %s%s.\n", n.noun, args[0], n.done, where)
+			return nil
+		},
+	}
+}
+
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "agent-vault",

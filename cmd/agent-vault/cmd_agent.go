@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/agentvault/agent-vault/admin/api"
+	"github.com/agentvault/agent-vault/admin/client"
 )
 
 func (a *app) agentCmd() *cobra.Command {
@@ -81,12 +83,9 @@ the cgroup2 mount (shape L, local). Agent names are unique across vaults.`,
 			if err != nil {
 				return a.explain(cmd, err)
 			}
-			if asJSON {
-				return a.printJSON(as)
-			}
-			rows := [][]string{{"NAME", "VAULT", "STATE", "SOURCES", "CGROUP", "EXPIRES", "CREATED"}}
 			now := time.Now()
-			for _, ag := range as {
+			header := []string{"NAME", "VAULT", "STATE", "SOURCES", "CGROUP", "EXPIRES", "CREATED"}
+			return printList(a, asJSON, as, header, func(ag api.Agent) []string {
 				state := "active"
 				if ag.Revoked {
 					state = "revoked"
@@ -97,58 +96,27 @@ the cgroup2 mount (shape L, local). Agent names are unique across vaults.`,
 				for _, p := range ag.Sources {
 					src = append(src, p.String())
 				}
-				rows = append(rows, []string{ag.Name, ag.Vault, state, dash(strings.Join(src, ",")), dash(ag.Cgroup),
-					fmtTime(ag.ExpiresAt), fmtTime(ag.CreatedAt)})
-			}
-			return a.table(rows)
+				return []string{ag.Name, ag.Vault, state, dash(strings.Join(src, ",")), dash(ag.Cgroup),
+					fmtTime(ag.ExpiresAt), fmtTime(ag.CreatedAt)}
+			})
 		},
 	}
 	list.Flags().StringVar(&vault, "vault", "", "only this vault's agents")
 
-	simple := func(use, short, done string, do func(cmd *cobra.Command, name string) error) *cobra.Command {
-		return &cobra.Command{
-			Use:   use + " NAME",
-			Short: short,
-			Args:  exactArgs("NAME"),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				if err := do(cmd, args[0]); err != nil {
-					return err
-				}
-				if asJSON {
-					return a.printJSON(map[string]string{done: args[0]})
-				}
-				fmt.Fprintf(a.stdout, "Agent %s %s.\n", args[0], done)
-				return nil
-			},
-		}
-	}
-	revoke := simple("revoke", "Revoke an agent (its live connections close within 1 s)", "revoked",
-		func(cmd *cobra.Command, name string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			return a.explainErr(cmd, c.RevokeAgent(cmd.Context(), name))
-		})
-	del := simple("delete", "Delete an agent", "deleted",
-		func(cmd *cobra.Command, name string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			return a.explainErr(cmd, c.DeleteAgent(cmd.Context(), name))
-		})
-	for _, c := range []*cobra.Command{create, list, revoke, del} {
-		c.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
-	}
+	revoke := a.nameActionCmd(&asJSON, nameAction{
+		use: "revoke", arg: "NAME", noun: "Agent", done: "revoked",
+		short: "Revoke an agent (its live connections close within 1 s)",
+		do: func(ctx context.Context, c *client.Client, _, name string) error {
+			return c.RevokeAgent(ctx, name)
+		},
+	})
+	del := a.nameActionCmd(&asJSON, nameAction{
+		use: "delete", arg: "NAME", noun: "Agent", done: "deleted", short: "Delete an agent",
+		do: func(ctx context.Context, c *client.Client, _, name string) error {
+			return c.DeleteAgent(ctx, name)
+		},
+	})
+	jsonFlag(&asJSON, create, list, revoke, del)
 	cmd.AddCommand(create, list, revoke, del)
 	return cmd
-}
-
-// explainErr is explain for a possibly nil error.
-func (a *app) explainErr(cmd *cobra.Command, err error) error {
-	if err == nil {
-		return nil
-	}
-	return a.explain(cmd, err)
 }

@@ -116,7 +116,7 @@ names the first bad row.`,
 			return nil
 		},
 	}
-	verify.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
+	jsonFlag(&asJSON, verify)
 	cmd.AddCommand(list, verify, a.auditTailCmd(), a.auditExportCmd())
 	return cmd
 }
@@ -308,6 +308,6 @@ func (a *app) versionCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
+	jsonFlag(&asJSON, cmd)
 	return cmd
 }

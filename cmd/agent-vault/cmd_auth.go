@@ -83,7 +83,7 @@ func (a *app) loginLike(name, short, long string,
 		},
 	}
 	cmd.Flags().StringVar(&email, "email", "", "the owner's email address")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
+	jsonFlag(&asJSON, cmd)
 	return cmd
 }
 

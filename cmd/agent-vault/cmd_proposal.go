@@ -60,8 +60,7 @@ func (a *app) proposalCmd() *cobra.Command {
 	var vault string
 
 	var req api.ProposalCreate
-	var kind string
-	var in []string
+	var sf serviceFlags
 	create := &cobra.Command{
 		Use:   "create [--vault V] --name N --host PATTERN --auth KIND [--credential KEY] [service flags] --reason TEXT",
 		Short: "Propose a service (run with an agent token in AGENT_VAULT_TOKEN)",
@@ -78,12 +77,7 @@ must look again). Prints the proposal id.`,
 			if err := need(cmd, "name", "host", "auth", "reason"); err != nil {
 				return err
 			}
-			req.Vault = vault
-			req.Auth.Kind = policy.AuthKind(kind)
-			req.Auth.In = nil
-			for _, l := range in {
-				req.Auth.In = append(req.Auth.In, policy.Location(strings.TrimSpace(l)))
-			}
+			sf.apply(&req.Service, vault)
 			c, err := a.client()
 			if err != nil {
 				return err
@@ -104,21 +98,9 @@ must look again). Prints the proposal id.`,
 			return nil
 		},
 	}
-	f := create.Flags()
-	f.StringVar(&req.Name, "name", "", "the service's name (unique in the vault)")
-	f.StringVar(&req.Host, "host", "", "host name or *.wildcard the service covers")
-	f.IntVar(&req.Port, "port", 0, "only this destination port (default any)")
-	f.StringVar(&req.Path, "path", "", "only paths below this prefix (like /v1)")
-	f.StringSliceVar(&req.Methods, "method", nil, "only these HTTP methods (comma-separated or repeated)")
-	f.StringVar(&kind, "auth", "", "bearer, header, basic, placeholder or none")
-	f.StringVar(&req.Auth.Credential, "credential", "", "the credential slot a human fills (its key in the vault)")
-	f.StringVar(&req.Auth.Header, "header", "", "header name (auth header, or placeholder --in header)")
-	f.StringVar(&req.Auth.Prefix, "prefix", "", "text before the credential in the header (auth header)")
-	f.StringVar(&req.Auth.Username, "username", "", "user name (auth basic)")
-	f.StringVar(&req.Auth.Placeholder, "placeholder", "", "the string the agent sends instead of the secret (auth placeholder)")
-	f.StringSliceVar(&in, "in", nil, "where the placeholder may be swapped: path, query, header, body")
-	f.StringSliceVar(&req.Auth.BodyFields, "body-field", nil, "with --in body: only these JSON/form fields")
-	f.StringVar(&req.Reason, "reason", "", "why the agent needs this service")
+	sf.bind(create.Flags(), &req.Service, "the credential slot a human fills (its key in the vault)",
+		"the string the agent sends instead of the secret (auth placeholder)")
+	create.Flags().StringVar(&req.Reason, "reason", "", "why the agent needs this service")
 
 	var filter api.ProposalFilter
 	list := &cobra.Command{
@@ -140,15 +122,11 @@ must look again). Prints the proposal id.`,
 			if err != nil {
 				return a.explainControl(cmd, err)
 			}
-			if asJSON {
-				return a.printJSON(ps)
-			}
-			rows := [][]string{{"ID", "STATE", "VAULT", "AGENT", "SERVICE", "HOST", "AUTH", "CREDENTIAL", "CREATED"}}
-			for _, p := range ps {
-				rows = append(rows, []string{strconv.FormatUint(p.ID, 10), p.State, p.Vault, p.Agent, clean(p.Service.Name),
-					clean(describeTarget(p.Service)), string(p.Service.Auth.Kind), dash(p.Service.Auth.Credential), fmtTime(p.CreatedAt)})
-			}
-			return a.table(rows)
+			header := []string{"ID", "STATE", "VAULT", "AGENT", "SERVICE", "HOST", "AUTH", "CREDENTIAL", "CREATED"}
+			return printList(a, asJSON, ps, header, func(p api.Proposal) []string {
+				return []string{strconv.FormatUint(p.ID, 10), p.State, p.Vault, p.Agent, clean(p.Service.Name),
+					clean(describeTarget(p.Service)), string(p.Service.Auth.Kind), dash(p.Service.Auth.Credential), fmtTime(p.CreatedAt)}
+			})
 		},
 	}
 	list.Flags().StringVar(&filter.State, "state", "", "only proposals in this state")
@@ -265,9 +243,7 @@ of the requested slot; --no-value uses a credential that already exists.`,
 	reject.Flags().StringVar(&rj.Hash, "hash", "", "refuse if the proposal changed since it showed this hash")
 	reject.Flags().StringVar(&rj.Reason, "reason", "", "why (recorded with the proposal)")
 
-	for _, c := range []*cobra.Command{create, list, show, approve, reject} {
-		c.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
-	}
+	jsonFlag(&asJSON, create, list, show, approve, reject)
 	create.Flags().StringVar(&vault, "vault", "", "the vault (default: the agent's)")
 	list.Flags().StringVar(&vault, "vault", "", "only this vault")
 	cmd.AddCommand(create, list, show, approve, reject)

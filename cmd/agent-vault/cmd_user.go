@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"sort"
@@ -107,18 +108,13 @@ first line and the password on the second.`,
 			if err != nil {
 				return a.explainControl(cmd, err)
 			}
-			if asJSON {
-				return a.printJSON(us)
-			}
-			rows := [][]string{{"EMAIL", "ROLES", "STATE", "CREATED"}}
-			for _, u := range us {
+			return printList(a, asJSON, us, []string{"EMAIL", "ROLES", "STATE", "CREATED"}, func(u api.Account) []string {
 				state := "active"
 				if u.Invited {
 					state = "invited until " + fmtTime(u.InviteExpiresAt)
 				}
-				rows = append(rows, []string{u.Email, describeRoles(u), state, fmtTime(u.CreatedAt)})
-			}
-			return a.table(rows)
+				return []string{u.Email, describeRoles(u), state, fmtTime(u.CreatedAt)}
+			})
 		},
 	}
 
@@ -148,28 +144,14 @@ first line and the password on the second.`,
 	grant.Flags().StringVar(&role, "role", "", "owner, admin, approver, viewer, or none to remove")
 	grant.Flags().StringVar(&vault, "vault", "", "the role applies in this vault only")
 
-	remove := &cobra.Command{
-		Use:   "remove EMAIL",
-		Short: "Remove a user and end their sessions",
-		Args:  exactArgs("EMAIL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			if err := c.RemoveUser(cmd.Context(), args[0]); err != nil {
-				return a.explainControl(cmd, err)
-			}
-			if asJSON {
-				return a.printJSON(map[string]string{"removed": args[0]})
-			}
-			fmt.Fprintf(a.stdout, "User %s removed.\n", args[0])
-			return nil
+	remove := a.nameActionCmd(&asJSON, nameAction{
+		use: "remove", arg: "EMAIL", noun: "User", done: "removed", explain: a.explainControl,
+		short: "Remove a user and end their sessions",
+		do: func(ctx context.Context, c *client.Client, _, email string) error {
+			return c.RemoveUser(ctx, email)
 		},
-	}
-	for _, c := range []*cobra.Command{invite, accept, list, grant, remove} {
-		c.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
-	}
+	})
+	jsonFlag(&asJSON, invite, accept, list, grant, remove)
 	cmd.AddCommand(invite, accept, list, grant, remove)
 	return cmd
 }
@@ -252,6 +234,6 @@ func (a *app) whoamiCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
+	jsonFlag(&asJSON, cmd)
 	return cmd
 }

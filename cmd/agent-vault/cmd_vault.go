@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/agentvault/agent-vault/admin/api"
+	"github.com/agentvault/agent-vault/admin/client"
 )
 
 func fmtTime(t time.Time) string {
@@ -50,38 +54,19 @@ func (a *app) vaultCmd() *cobra.Command {
 			if err != nil {
 				return a.explain(cmd, err)
 			}
-			if asJSON {
-				return a.printJSON(vs)
-			}
-			rows := [][]string{{"NAME", "CREATED", "BY"}}
-			for _, v := range vs {
-				rows = append(rows, []string{v.Name, fmtTime(v.CreatedAt), v.CreatedBy})
-			}
-			return a.table(rows)
+			return printList(a, asJSON, vs, []string{"NAME", "CREATED", "BY"}, func(v api.Vault) []string {
+				return []string{v.Name, fmtTime(v.CreatedAt), v.CreatedBy}
+			})
 		},
 	}
-	del := &cobra.Command{
-		Use:   "delete NAME",
-		Short: "Delete a vault with its credentials, services and agents",
-		Args:  exactArgs("NAME"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			if err := c.DeleteVault(cmd.Context(), args[0]); err != nil {
-				return a.explain(cmd, err)
-			}
-			if asJSON {
-				return a.printJSON(map[string]string{"deleted": args[0]})
-			}
-			fmt.Fprintf(a.stdout, "Vault %s deleted.\n", args[0])
-			return nil
+	del := a.nameActionCmd(&asJSON, nameAction{
+		use: "delete", arg: "NAME", noun: "Vault", done: "deleted",
+		short: "Delete a vault with its credentials, services and agents",
+		do: func(ctx context.Context, c *client.Client, _, name string) error {
+			return c.DeleteVault(ctx, name)
 		},
-	}
-	for _, c := range []*cobra.Command{create, list, del} {
-		c.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
-	}
+	})
+	jsonFlag(&asJSON, create, list, del)
 	cmd.AddCommand(create, list, del)
 	return cmd
 }
@@ -136,42 +121,21 @@ prompt), and nothing ever returns it. 'list' shows names and times only.`}
 			if err != nil {
 				return a.explain(cmd, err)
 			}
-			if asJSON {
-				return a.printJSON(cs)
-			}
-			rows := [][]string{{"KEY", "CREATED", "UPDATED", "BY"}}
-			for _, cr := range cs {
-				rows = append(rows, []string{cr.Key, fmtTime(cr.CreatedAt), fmtTime(cr.UpdatedAt), cr.UpdatedBy})
-			}
-			return a.table(rows)
+			return printList(a, asJSON, cs, []string{"KEY", "CREATED", "UPDATED", "BY"}, func(cr api.Credential) []string {
+				return []string{cr.Key, fmtTime(cr.CreatedAt), fmtTime(cr.UpdatedAt), cr.UpdatedBy}
+			})
 		},
 	}
-	del := &cobra.Command{
-		Use:   "delete --vault VAULT KEY",
-		Short: "Delete a credential",
-		Args:  exactArgs("KEY"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := need(cmd, "vault"); err != nil {
-				return err
-			}
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			if err := c.DeleteCredential(cmd.Context(), vault, args[0]); err != nil {
-				return a.explain(cmd, err)
-			}
-			if asJSON {
-				return a.printJSON(map[string]string{"deleted": args[0], "vault": vault})
-			}
-			fmt.Fprintf(a.stdout, "Credential %s deleted from vault %s.\n", args[0], vault)
-			return nil
+	del := a.nameActionCmd(&asJSON, nameAction{
+		use: "delete", arg: "KEY", vault: &vault, noun: "Credential", done: "deleted", short: "Delete a credential",
+		do: func(ctx context.Context, c *client.Client, vault, key string) error {
+			return c.DeleteCredential(ctx, vault, key)
 		},
-	}
+	})
 	for _, c := range []*cobra.Command{set, list, del} {
 		c.Flags().StringVar(&vault, "vault", "", "the vault")
-		c.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
 	}
+	jsonFlag(&asJSON, set, list, del)
 	cmd.AddCommand(set, list, del)
 	return cmd
 }

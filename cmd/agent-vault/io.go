@@ -9,6 +9,7 @@ import (
 	"os"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
 
@@ -91,4 +92,24 @@ func (a *app) table(rows [][]string) error {
 		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
+}
+
+// printList prints items as one JSON document when asJSON is set, else as a
+// table: header, then row(item) for each item.
+func printList[T any](a *app, asJSON bool, items []T, header []string, row func(T) []string) error {
+	if asJSON {
+		return a.printJSON(items)
+	}
+	rows := [][]string{header}
+	for _, it := range items {
+		rows = append(rows, row(it))
+	}
+	return a.table(rows)
+}
+
+// jsonFlag gives each command --json, bound to asJSON.
+func jsonFlag(asJSON *bool, cmds ...*cobra.Command) {
+	for _, c := range cmds {
+		c.Flags().BoolVar(asJSON, "json", false, "print one JSON document")
+	}
 }
