@@ -44,12 +44,9 @@ var (
 
 // Gateway is a running appliance in gateway mode and its surroundings.
 type Gateway struct {
-	Topo         *netns.Topology
+	Topo *netns.Topology
+	Internet
 	Srv          *harness.Server
-	UpCA         *harness.TestCA
-	API4, API6   *harness.Upstream // api.example.test on 10.77.2.2:443 and [fd77:2::2]:443
-	DNS          *harness.DNSServer
-	Canary       *Canary
 	BrokerCAFile string // the appliance's root, trusted by the agent's clients
 	Dir          string
 }
@@ -111,102 +108,22 @@ func StartGateway(t *testing.T, extraArgs ...string) *Gateway {
 	bin := Binary(t)
 	topo := netns.NewTopology(t, CanaryV4, CanaryV6)
 	g := &Gateway{Topo: topo, Dir: t.TempDir()}
-	var err error
-	if g.UpCA, err = harness.NewTestCA(); err != nil {
+	g.Internet = startInternet(t, topo.Net, topo.NetV4, topo.NetV6, g.Dir)
+	g.Srv = newServer(t, bin, g.Dir, topo.GW, &g.Internet,
+		[]string{"--redirect", "gateway", "--gateway-iface", topo.GWAgentIface}, extraArgs)
+	if err := startServer(g.Srv); err != nil {
 		t.Fatal(err)
 	}
-	upCAFile := filepath.Join(g.Dir, "upstream-ca.pem")
-	if err := g.UpCA.WritePEM(upCAFile); err != nil {
-		t.Fatal(err)
-	}
-	err = topo.Net.Do(func() error {
-		var err error
-		if g.API4, err = harness.StartUpstream(g.UpCA, netip.AddrPortFrom(topo.NetV4, 443).String(), APIHost, OtherHost); err != nil {
-			return err
-		}
-		if g.API6, err = harness.StartUpstream(g.UpCA, netip.AddrPortFrom(topo.NetV6, 443).String(), APIHost, OtherHost); err != nil {
-			return err
-		}
-		records := map[string][]netip.Addr{
-			APIHost:    {topo.NetV4, topo.NetV6},
-			OtherHost:  {topo.NetV4, topo.NetV6},
-			CanaryHost: {CanaryV4, CanaryV6},
-		}
-		if g.DNS, err = harness.StartDNS(netip.AddrPortFrom(topo.NetV4, 53).String(), records); err != nil {
-			return err
-		}
-		g.Canary, err = StartCanary(CanaryV4, CanaryV6)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("fake internet: %v", err)
-	}
-	t.Cleanup(func() {
-		g.API4.Close()
-		g.API6.Close()
-		g.DNS.Close()
-		g.Canary.Close()
-	})
-
-	g.Srv, err = harness.NewServer(bin, g.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.Srv.AdminAddr, g.Srv.ProxyAddr, g.Srv.Transparent, g.Srv.DNSAddr = "127.0.0.1:14321", "127.0.0.1:14322", ":14323", ":14353"
-	g.Srv.Wrap = []string{"nsenter", "--net=" + topo.GW.Path, "--"}
-	g.Srv.InNS = topo.GW.Do
-	g.Srv.Env = []string{"AGENT_VAULT_MASTER_PASSWORD=correct horse battery", "AGENT_VAULT_TEST_KDF=fast"}
-	g.Srv.Args = append([]string{"--redirect", "gateway", "--gateway-iface", topo.GWAgentIface,
-		"--upstream-dns", netip.AddrPortFrom(topo.NetV4, 53).String(), "--upstream-ca", upCAFile,
-		"--allow-private-upstreams"}, extraArgs...)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	if err := g.Srv.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := g.Srv.Stop(); err != nil {
-			t.Logf("server stop: %v", err)
-		}
-		assertNoSecretAnywhere(t, g.Srv)
-		if t.Failed() {
-			t.Logf("server log:\n%s", g.Srv.Log())
-		}
-	})
-	g.mustCLI(t, "owner-password-1\n", "setup", "--email", "owner@example.test")
-	g.mustCLI(t, "", "vault", "create", Vault)
-	g.mustCLI(t, Secret+"\n", "credential", "set", "--vault", Vault, "API_KEY")
-	g.mustCLI(t, "", "service", "add", "--vault", Vault, "--name", "api", "--host", APIHost,
-		"--auth", "bearer", "--credential", "API_KEY")
-	g.mustCLI(t, "", "agent", "create", "--vault", Vault, Agent,
+	stopAtCleanup(t, g.Srv, nil)
+	g.BrokerCAFile = configure(t, g.Srv, g.Dir, topo.Agent.Name,
 		"--source", topo.AgentV4.String()+"/32", "--source", topo.AgentV6.String()+"/128")
-	g.BrokerCAFile = filepath.Join(g.Dir, "agent-vault-ca.pem")
-	g.mustCLI(t, "", "ca", "export", "-o", g.BrokerCAFile)
-
-	// the agent's resolv.conf names a resolver that exists nowhere
-	etc := filepath.Join("/etc/netns", topo.Agent.Name)
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(etc) })
-	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver "+Resolver+"\noptions timeout:2 attempts:1\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	return g
-}
-
-func (g *Gateway) mustCLI(t *testing.T, stdin string, args ...string) string {
-	t.Helper()
-	out, err := g.Srv.MustCLI(stdin, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // CLI runs the agent-vault CLI in the gateway namespace.
 func (g *Gateway) CLI(t *testing.T, stdin string, args ...string) string {
-	return g.mustCLI(t, stdin, args...)
+	t.Helper()
+	return cli(t, g.Srv, stdin, args...)
 }
 
 // AgentCommand runs a command as the agent: in the agent namespace, with its
@@ -223,59 +140,16 @@ func (g *Gateway) Curl(args ...string) (stdout, stderr string, code int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	full := append([]string{"-sS", "--max-time", "10", "--cacert", g.BrokerCAFile}, args...)
-	cmd := g.AgentCommand(ctx, "curl", full...)
-	var o, e strings.Builder
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	code = 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		code = -1
-		e.WriteString(err.Error())
-	}
-	return o.String(), e.String(), code
+	return runCmd(g.AgentCommand(ctx, "curl", full...))
 }
 
 // AuditJSON returns `audit list --json` rows (newest first) with extra flags.
 func (g *Gateway) AuditJSON(t *testing.T, args ...string) []map[string]any {
 	t.Helper()
-	var rows struct {
-		Rows []map[string]any `json:"rows"`
-	}
-	var raw any
-	if err := g.Srv.CLIJSON(&raw, "", append([]string{"audit", "list", "--limit", "1000"}, args...)...); err != nil {
-		t.Fatal(err)
-	}
-	switch v := raw.(type) {
-	case []any:
-		for _, r := range v {
-			if m, ok := r.(map[string]any); ok {
-				rows.Rows = append(rows.Rows, m)
-			}
-		}
-	case map[string]any:
-		for _, key := range []string{"rows", "events", "items"} {
-			if list, ok := v[key].([]any); ok {
-				for _, r := range list {
-					if m, ok := r.(map[string]any); ok {
-						rows.Rows = append(rows.Rows, m)
-					}
-				}
-			}
-		}
-	default:
-		t.Fatalf("audit list --json printed %T", raw)
-	}
-	return rows.Rows
+	return auditRows(t, g.Srv, args...)
 }
 
 // String describes the gateway for failure messages.
 func (g *Gateway) String() string {
 	return fmt.Sprintf("gateway %s (agent %s, net %s)", g.Topo.GW.Name, g.Topo.Agent.Name, g.Topo.Net.Name)
-}
-
-// Received is what either API upstream (v4 or v6) received.
-func (g *Gateway) Received() []harness.Received {
-	return append(g.API4.Received(), g.API6.Received()...)
 }

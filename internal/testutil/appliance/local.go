@@ -37,11 +37,8 @@ type Local struct {
 	NS  *netns.NS // broker + agents
 	Net *netns.NS // the fake internet
 
+	Internet
 	Srv          *harness.Server
-	UpCA         *harness.TestCA
-	API4, API6   *harness.Upstream // api.example.test on 10.77.2.2:443 and [fd77:2::2]:443
-	DNS          *harness.DNSServer
-	Canary       *Canary
 	BrokerCAFile string
 	Dir          string
 
@@ -73,113 +70,29 @@ func StartLocal(t *testing.T, extraArgs ...string) *Local {
 	buildLocalLinks(t, l.NS, l.Net)
 	l.makeCgroups(t)
 
-	var err error
-	if l.UpCA, err = harness.NewTestCA(); err != nil {
+	l.Internet = startInternet(t, l.Net, netns.NetV4, netns.NetV6, l.Dir)
+	l.Srv = newServer(t, bin, l.Dir, l.NS, &l.Internet,
+		[]string{"--redirect", "local", "--agents-cgroup", l.AgentsCgroup}, extraArgs)
+	if err := startServer(l.Srv); err != nil {
 		t.Fatal(err)
 	}
-	upCAFile := filepath.Join(l.Dir, "upstream-ca.pem")
-	if err := l.UpCA.WritePEM(upCAFile); err != nil {
-		t.Fatal(err)
-	}
-	err = l.Net.Do(func() error {
-		var err error
-		if l.API4, err = harness.StartUpstream(l.UpCA, netip.AddrPortFrom(netns.NetV4, 443).String(), APIHost, OtherHost); err != nil {
-			return err
-		}
-		if l.API6, err = harness.StartUpstream(l.UpCA, netip.AddrPortFrom(netns.NetV6, 443).String(), APIHost, OtherHost); err != nil {
-			return err
-		}
-		records := map[string][]netip.Addr{
-			APIHost:    {netns.NetV4, netns.NetV6},
-			OtherHost:  {netns.NetV4, netns.NetV6},
-			CanaryHost: {CanaryV4, CanaryV6},
-		}
-		if l.DNS, err = harness.StartDNS(netip.AddrPortFrom(netns.NetV4, 53).String(), records); err != nil {
-			return err
-		}
-		l.Canary, err = StartCanary(CanaryV4, CanaryV6)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("fake internet: %v", err)
-	}
-	t.Cleanup(func() {
-		for _, u := range []*harness.Upstream{l.API4, l.API6} {
-			if u != nil {
-				u.Close()
-			}
-		}
-		if l.DNS != nil {
-			l.DNS.Close()
-		}
-		if l.Canary != nil {
-			l.Canary.Close()
-		}
-	})
-
-	l.Srv, err = harness.NewServer(bin, l.Dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Srv.AdminAddr, l.Srv.ProxyAddr, l.Srv.Transparent, l.Srv.DNSAddr = "127.0.0.1:14321", "127.0.0.1:14322", ":14323", ":14353"
-	l.Srv.Wrap = []string{"nsenter", "--net=" + l.NS.Path, "--"}
-	l.Srv.InNS = l.NS.Do
-	l.Srv.Env = []string{"AGENT_VAULT_MASTER_PASSWORD=correct horse battery", "AGENT_VAULT_TEST_KDF=fast"}
-	l.Srv.Args = append([]string{"--redirect", "local", "--agents-cgroup", l.AgentsCgroup,
-		"--upstream-dns", netip.AddrPortFrom(netns.NetV4, 53).String(), "--upstream-ca", upCAFile,
-		"--allow-private-upstreams"}, extraArgs...)
-	if err := l.startServer(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := l.Srv.Stop(); err != nil {
-			t.Logf("server stop: %v", err)
-		}
-		assertNoSecretAnywhere(t, l.Srv)
-		if t.Failed() {
-			t.Logf("server log:\n%s", l.Srv.Log())
-		}
+	stopAtCleanup(t, l.Srv, func() {
 		// the backstop stays after a stop (fail closed): remove it
 		if r := l.Srv.CLI("", nil, "server", "--cleanup", "--data-dir", l.Srv.DataDir); r.Code != 0 {
 			t.Logf("server --cleanup: exit %d: %s", r.Code, r.Stderr)
 		}
 	})
-	l.CLI(t, "owner-password-1\n", "setup", "--email", "owner@example.test")
-	l.CLI(t, "", "vault", "create", Vault)
-	l.CLI(t, Secret+"\n", "credential", "set", "--vault", Vault, "API_KEY")
-	l.CLI(t, "", "service", "add", "--vault", Vault, "--name", "api", "--host", APIHost,
-		"--auth", "bearer", "--credential", "API_KEY")
-	l.CLI(t, "", "agent", "create", "--vault", Vault, Agent, "--cgroup", l.AgentCgroupRel)
-	l.BrokerCAFile = filepath.Join(l.Dir, "agent-vault-ca.pem")
-	l.CLI(t, "", "ca", "export", "-o", l.BrokerCAFile)
-
-	// agents started through `ip netns exec` see this resolv.conf: a
-	// resolver that exists nowhere (the eBPF programs send DNS to the
-	// broker whatever the address)
-	etc := filepath.Join("/etc/netns", l.NS.Name)
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(etc) })
-	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver "+Resolver+"\noptions timeout:2 attempts:1\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	// agents started through `ip netns exec` see the resolv.conf configure
+	// writes (the eBPF programs send DNS to the broker whatever the address)
+	l.BrokerCAFile = configure(t, l.Srv, l.Dir, l.NS.Name, "--cgroup", l.AgentCgroupRel)
 	return l
-}
-
-// startServer starts (or restarts, after Kill) the server and waits until
-// it is ready.
-func (l *Local) startServer() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	return l.Srv.Start(ctx)
 }
 
 // Restart starts the server again (after Srv.Kill or Srv.Stop) with the
 // same data dir, flags and ports.
 func (l *Local) Restart(t *testing.T) {
 	t.Helper()
-	if err := l.startServer(); err != nil {
+	if err := startServer(l.Srv); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -307,11 +220,7 @@ func cgroup2Mount() (string, error) {
 // operator: outside the agents' cgroup), failing the test unless it exits 0.
 func (l *Local) CLI(t *testing.T, stdin string, args ...string) string {
 	t.Helper()
-	out, err := l.Srv.MustCLI(stdin, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return cli(t, l.Srv, stdin, args...)
 }
 
 // Command runs name in the appliance's namespace (through `ip netns exec`,
@@ -386,11 +295,6 @@ func (l *Local) CurlIn(cgroupPath string, args ...string) (stdout, stderr string
 func (l *Local) AuditJSON(t *testing.T, args ...string) []map[string]any {
 	t.Helper()
 	return auditRows(t, l.Srv, args...)
-}
-
-// Received is what either API upstream (v4 or v6) received.
-func (l *Local) Received() []harness.Received {
-	return append(l.API4.Received(), l.API6.Received()...)
 }
 
 // String describes the appliance for failure messages.
