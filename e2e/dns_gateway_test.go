@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,10 +22,7 @@ func TestDNSGateway(t *testing.T) {
 	topo := g.Topo
 	api4, api6 := topo.NetV4, topo.NetV6
 	nowhere4, nowhere6 := netip.MustParseAddr(appliance.Resolver), netip.MustParseAddr("fd77:3::53")
-	resolvers := []struct {
-		what string
-		addr netip.Addr
-	}{
+	resolvers := []resolver{
 		{"an address that exists nowhere", nowhere4},
 		{"an address that exists nowhere", nowhere6},
 		{"the real upstream server", topo.NetV4},
@@ -38,52 +34,11 @@ func TestDNSGateway(t *testing.T) {
 	}
 
 	t.Run("any resolver address is answered by the appliance", func(t *testing.T) {
-		before := seen(r)
-		n := 0
-		for _, rv := range resolvers {
-			for _, tcp := range []bool{false, true} {
-				for _, q := range []struct {
-					qtype string
-					want  netip.Addr
-				}{{"A", api4}, {"AAAA", api6}} {
-					res := dig(r, rv.addr.String(), tcp, q.qtype, appliance.APIHost)
-					n++
-					if res.Status != "NOERROR" || !slices.Equal(res.Answers, []string{q.qtype + " " + q.want.String()}) {
-						t.Errorf("dig @%s (%s) tcp=%v %s: status %q answers %v\n%s", rv.addr, rv.what, tcp, q.qtype, res.Status, res.Answers, res.Out)
-					}
-					// dig only accepts a reply from the address it asked (the
-					// kernel restored the source address on the way back)
-					if !strings.HasPrefix(res.Server, rv.addr.String()+"#53") {
-						t.Errorf("dig @%s: reply came from %q", rv.addr, res.Server)
-					}
-				}
-			}
-		}
-		after := seen(r)
-		if after.datagrams != before.datagrams || after.conns != before.conns {
-			t.Errorf("the canary saw DNS traffic: %+v -> %+v", before, after)
-		}
-		t.Logf("%d queries to %d resolver addresses (UDP and TCP, A and AAAA) answered by the appliance", n, len(resolvers))
+		checkAnyResolverAnswered(t, r, resolvers, api4, api6)
 	})
 
 	t.Run("libc getent resolves through resolv.conf, UDP and TCP, v4 and v6 resolvers", func(t *testing.T) {
-		for _, rc := range []string{
-			"nameserver " + nowhere4.String() + "\noptions timeout:2 attempts:1\n",
-			"nameserver " + nowhere4.String() + "\noptions timeout:2 attempts:1 use-vc\n",
-			"nameserver " + nowhere6.String() + "\noptions timeout:2 attempts:1\n",
-			"nameserver " + nowhere6.String() + "\noptions timeout:2 attempts:1 use-vc\n",
-		} {
-			restore := g.SetAgentResolvConf(t, rc)
-			out, code := g.Run(10*time.Second, "getent", "ahosts", appliance.APIHost)
-			if code != 0 || !strings.Contains(out, api4.String()) || !strings.Contains(out, api6.String()) {
-				t.Errorf("getent ahosts %s with %q: exit %d\n%s", appliance.APIHost, rc, code, out)
-			}
-			out, code = g.Run(10*time.Second, "getent", "hosts", appliance.OtherHost)
-			if code != 2 {
-				t.Errorf("getent hosts %s (denied) with %q: exit %d, want 2 (not found)\n%s", appliance.OtherHost, rc, code, out)
-			}
-			restore()
-		}
+		checkGetent(t, r, nowhere4, nowhere6, api4, api6)
 	})
 
 	deniedNames := []struct{ name, qtype string }{
@@ -214,19 +169,10 @@ print(' '.join('%d=%d'%kv for kv in sorted(rc.items())))
 	})
 
 	t.Run("the upstream server only ever saw A and AAAA of the allowed name", func(t *testing.T) {
-		qs := g.DNS.Queries()
-		if len(qs) == 0 {
+		if len(g.DNS.Queries()) == 0 {
 			t.Fatal("the upstream server saw no query at all")
 		}
-		for _, q := range qs {
-			if q != appliance.APIHost+". A" && q != appliance.APIHost+". AAAA" {
-				t.Errorf("the upstream DNS server received %q", q)
-			}
-		}
-		c, b, d := g.Canary.Total()
-		if c+b+d != 0 {
-			t.Errorf("canary: %d conns, %d bytes, %d datagrams", c, b, d)
-		}
+		qs := checkUpstreamSawOnlyAllowed(t, r)
 		t.Logf("upstream DNS log: %d queries, all for %s A/AAAA", len(qs), appliance.APIHost)
 	})
 }
