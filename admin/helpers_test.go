@@ -16,6 +16,7 @@ import (
 
 	"github.com/agentvault/agent-vault/admin/api"
 	"github.com/agentvault/agent-vault/admin/client"
+	"github.com/agentvault/agent-vault/internal/harness"
 	"github.com/agentvault/agent-vault/store"
 )
 
@@ -48,31 +49,13 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// syncBuffer collects log output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 type env struct {
 	t     *testing.T
 	st    *store.Store
 	srv   *Server
 	hs    *httptest.Server
 	clock *fakeClock
-	logs  *syncBuffer
+	logs  *harness.SyncBuffer
 	c     *client.Client // logged in as the owner once setup ran
 	seen  bytes.Buffer   // every response body, for the sentinel scan
 }
@@ -82,7 +65,7 @@ type env struct {
 func newEnv(t *testing.T, mod func(*Config)) *env {
 	t.Helper()
 	clock := &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-	logs := &syncBuffer{}
+	logs := &harness.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	path := filepath.Join(t.TempDir(), "agent-vault.db")
 	st, err := store.Open(path, store.Options{Password: []byte("master password"),

@@ -100,23 +100,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // received is what the test upstream saw of one request.
 type received struct {
 	Method, Host, Path, Query, Proto string
@@ -236,7 +219,7 @@ type env struct {
 	plain     *upstream // plain HTTP
 	b         *Broker
 	sink      *memSink
-	logs      *syncBuffer
+	logs      *harness.SyncBuffer
 	proxyAddr string
 	transAddr string
 	origin    atomic.Pointer[Origin]
@@ -267,7 +250,7 @@ func testPolicy() policy.Input {
 
 func newEnv(t testing.TB, mod ...func(*Config)) *env {
 	t.Helper()
-	e := &env{t: t, sink: &memSink{}, logs: &syncBuffer{}}
+	e := &env{t: t, sink: &memSink{}, logs: &harness.SyncBuffer{}}
 	certDER, keyDER, err := ca.Generate(time.Now())
 	if err != nil {
 		t.Fatal(err)

@@ -35,7 +35,7 @@ type Server struct {
 	Wrap []string
 	InNS func(fn func() error) error
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *SyncBuffer
 	done chan error
 }
 
@@ -70,7 +70,7 @@ func (s *Server) Start(ctx context.Context) error {
 		"--proxy-addr", s.ProxyAddr, "--transparent-addr", s.Transparent, "--dns-addr", s.DNSAddr}, s.Args...)
 	s.cmd = s.command(args...)
 	s.cmd.Env = append(s.baseEnv(), s.Env...)
-	s.log = &syncBuffer{}
+	s.log = &SyncBuffer{}
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
@@ -179,18 +179,20 @@ func (s *Server) CLIJSON(v any, stdin string, args ...string) error {
 	return nil
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for concurrent writers (a log
+// collector for tests).
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
