@@ -139,11 +139,14 @@ func (s *Server) routes() http.Handler {
 // guard applies the checks every request passes before routing.
 func (s *Server) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isUIPath(r.URL.Path) {
+			uiHeaders(w.Header()) // also on the refusals below
+		}
 		if err := s.checkHost(r); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		if err := checkOrigin(r); err != nil {
+		if err := checkOrigin(r); err != nil && !nullOriginSameSite(r) {
 			s.writeError(w, r, err)
 			return
 		}

@@ -32,7 +32,7 @@ import (
 // X-CSRF-Token). Nothing here ever reads a credential value back, and no
 // token goes into a URL.
 
-//go:embed ui/templates/*.html ui/static/ui.css ui/static/ui.js
+//go:embed ui/templates/*.html ui/static/ui.css ui/static/ui.js ui/static/favicon.svg
 var uiFS embed.FS
 
 // uiCSP allows only same-origin scripts, styles and form targets: no inline
@@ -91,6 +91,10 @@ type uiPage struct {
 	Insecure bool
 	Data     any
 }
+
+// isUIPath reports whether a path belongs to the UI (everything outside the
+// API).
+func isUIPath(p string) bool { return p == "/" || strings.HasPrefix(p, "/ui/") }
 
 // uiHeaders sets the security headers of every UI response.
 func uiHeaders(h http.Header) {
@@ -210,6 +214,16 @@ func parseUIForm(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// nullOriginSameSite reports a browser's same-origin POST from a page whose
+// Referrer-Policy is no-referrer (as the UI's pages are): the Fetch
+// standard then sends "Origin: null", while Sec-Fetch-Site, which no page
+// can set, still says same-origin. Without Sec-Fetch-Site, null stays
+// refused.
+func nullOriginSameSite(r *http.Request) bool {
+	return r.Header.Get("Origin") == "null" && r.Header.Get("Sec-Fetch-Site") == "same-origin" &&
+		len(r.Header.Values("Origin")) == 1 && len(r.Header.Values("Sec-Fetch-Site")) == 1
+}
+
 // newPage fills the layout's fields for p.
 func (s *Server) newPage(p *principal) *uiPage {
 	pg := &uiPage{User: p.acct.Email, Role: string(p.acct.Role), CSRF: csrfToken(p.tokenHash),
@@ -261,8 +275,9 @@ func (s *Server) uiNotFound(w http.ResponseWriter, r *http.Request, _ *principal
 }
 
 var uiStaticTypes = map[string]string{
-	"ui.css": "text/css; charset=utf-8",
-	"ui.js":  "text/javascript; charset=utf-8",
+	"ui.css":      "text/css; charset=utf-8",
+	"ui.js":       "text/javascript; charset=utf-8",
+	"favicon.svg": "image/svg+xml",
 }
 
 func (s *Server) uiStatic(w http.ResponseWriter, r *http.Request, p *principal) error {

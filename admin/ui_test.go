@@ -81,7 +81,9 @@ func (b *browser) get(path string) (*http.Response, string) {
 	return b.do(r)
 }
 
-// post sends a form as a browser on the same origin does.
+// post sends a form as a browser does from a page of the UI: its
+// Referrer-Policy no-referrer makes the browser send "Origin: null", and
+// Sec-Fetch-Site says same-origin.
 func (b *browser) post(path string, form url.Values) (*http.Response, string) {
 	b.e.t.Helper()
 	r, err := http.NewRequest("POST", b.e.hs.URL+path, strings.NewReader(form.Encode()))
@@ -89,7 +91,7 @@ func (b *browser) post(path string, form url.Values) (*http.Response, string) {
 		b.e.t.Fatal(err)
 	}
 	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	r.Header.Set("Origin", b.e.hs.URL)
+	r.Header.Set("Origin", "null")
 	r.Header.Set("Sec-Fetch-Site", "same-origin")
 	return b.do(r)
 }
@@ -218,7 +220,7 @@ func TestUILoginAndLogout(t *testing.T) {
 func TestUIStaticAndNotFound(t *testing.T) {
 	e := newUIEnv(t)
 	b := e.browser()
-	for file, ct := range map[string]string{"ui.css": "text/css", "ui.js": "text/javascript"} {
+	for file, ct := range map[string]string{"ui.css": "text/css", "ui.js": "text/javascript", "favicon.svg": "image/svg+xml"} {
 		resp, body := b.get("/ui/static/" + file)
 		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), ct) || len(body) < 100 {
 			t.Errorf("%s: %d %s %d bytes", file, resp.StatusCode, resp.Header.Get("Content-Type"), len(body))
@@ -233,12 +235,7 @@ func TestUIStaticAndNotFound(t *testing.T) {
 	// the Host check guards the UI too (DNS rebinding)
 	r, _ := http.NewRequest("GET", e.hs.URL+"/ui/login", nil)
 	r.Host = "evil.example.com"
-	resp, err := http.DefaultClient.Do(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
+	if resp, _ := b.do(r); resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("foreign Host = %d", resp.StatusCode)
 	}
 }
@@ -384,15 +381,24 @@ func TestUIApproveAndReject(t *testing.T) {
 	r, _ = http.NewRequest("POST", e.hs.URL+"/ui/proposals/1/approve", strings.NewReader(form.Encode()))
 	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	r.Header.Set("Origin", "https://evil.example.com")
-	resp, err = b.c.Do(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
+	if resp, _ = b.do(r); resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("cross-origin approve = %d", resp.StatusCode)
 	}
 	unchanged("a cross-origin post")
+	// nor is a null origin the browser does not call same-origin (a
+	// sandboxed frame of another site), or without Sec-Fetch-Site
+	for _, site := range []string{"cross-site", ""} {
+		r, _ = http.NewRequest("POST", e.hs.URL+"/ui/proposals/1/approve", strings.NewReader(form.Encode()))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.Header.Set("Origin", "null")
+		if site != "" {
+			r.Header.Set("Sec-Fetch-Site", site)
+		}
+		if resp, _ = b.do(r); resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("null origin, Sec-Fetch-Site %q: approve = %d", site, resp.StatusCode)
+		}
+		unchanged("a null-origin post")
+	}
 
 	// the agent changes its proposal after the page was shown: stale
 	if _, err := e.as(agentTok).CreateProposal(ctx(), ghProposal("uploads.github.com")); err != nil {
