@@ -94,7 +94,7 @@ type uiPage struct {
 
 // isUIPath reports whether a path belongs to the UI (everything outside the
 // API).
-func isUIPath(p string) bool { return p == "/" || strings.HasPrefix(p, "/ui/") }
+func isUIPath(p string) bool { return p == "/" || p == "/ui" || strings.HasPrefix(p, "/ui/") }
 
 // uiHeaders sets the security headers of every UI response.
 func uiHeaders(h http.Header) {
