@@ -1,5 +1,6 @@
-// Package admin owns the control plane's HTTP API under /api/v1 (and later
-// the web UI on the same listener): human authentication (Argon2id password
+// Package admin owns the control plane's HTTP API under /api/v1 and the web
+// UI on the same listener (ui.go, ui_pages.go; templates, CSS and JS embedded
+// from ui/, server-rendered, working without JavaScript): human authentication (Argon2id password
 // hashes, session tokens kept only as SHA-256, absolute and idle session
 // expiry, cookie sessions with a CSRF token derived from the session, a
 // login rate limiter), roles (instance owner; admin, approver and viewer

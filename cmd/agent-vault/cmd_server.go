@@ -29,6 +29,7 @@ type serverConfig struct {
 	AllowPrivate    bool     // --allow-private-upstreams
 	Cleanup         bool     // remove leftovers and exit
 	AuditRetention  string   // e.g. "90d"; "" keeps every row
+	AdminHosts      []string // extra Host names the admin API and UI answer to
 
 	MasterPasswordFile string
 	Insecure           bool // --insecure-no-master-password
@@ -98,6 +99,7 @@ it runs, the admin listener's bound address is in admin.addr in the data dir
 	}
 	cmd.PersistentFlags().StringVar(&cfg.DataDir, "data-dir", dataDir, "the store, pid, log and CA (env AGENT_VAULT_DATA_DIR)")
 	f.StringVar(&cfg.AdminAddr, "admin-addr", "127.0.0.1:14321", "admin API + web UI listen address")
+	f.StringSliceVar(&cfg.AdminHosts, "admin-allowed-host", nil, "a name the admin API and web UI answer to besides the listen address and localhost (repeatable; e.g. the appliance's DNS name behind a tunnel)")
 	f.StringVar(&cfg.ProxyAddr, "proxy-addr", "127.0.0.1:14322", "explicit proxy (CONNECT and absolute-form); empty disables")
 	f.StringVar(&cfg.TransparentAddr, "transparent-addr", ":14323", "where redirected TCP (TLS or plain HTTP) arrives")
 	f.StringVar(&cfg.DNSAddr, "dns-addr", ":14353", "DNS proxy, where redirected DNS arrives")

@@ -136,7 +136,8 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 			}
 			return nil
 		},
-		Password: passwordParams(cfg),
+		Password:     passwordParams(cfg),
+		AllowedHosts: cfg.AdminHosts,
 		Describe: func(h *api.Health) {
 			if d := described.Load(); d != nil {
 				h.ProxyAddr, h.Redirect, h.AgentsCgroup = d.ProxyAddr, d.Redirect, d.AgentsCgroup
