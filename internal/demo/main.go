@@ -175,6 +175,15 @@ func run(bin string, keep bool) error {
 	}
 
 	step("the audit log")
+	// The completion row (status, bytes, duration) is written just after
+	// the response streamed: give it a moment to land.
+	for i := 0; i < 40; i++ {
+		out, err := srv.MustCLI("", "audit", "list", "--action", "request.complete", "--json")
+		if err == nil && strings.Contains(out, "request.complete") {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err := cli("", "audit", "list", "--limit", "4"); err != nil {
 		return err
 	}
