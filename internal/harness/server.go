@@ -85,6 +85,7 @@ func (s *Server) Start(ctx context.Context) error {
 			s.done <- err
 			return fmt.Errorf("server exited before it was ready (%v): %s", err, s.log.String())
 		case <-ctx.Done():
+			s.Kill()
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
@@ -92,6 +93,7 @@ func (s *Server) Start(ctx context.Context) error {
 			return nil
 		}
 	}
+	s.Kill() // never leave a half-started server behind
 	return fmt.Errorf("server not ready within 60 s: %s", s.log.String())
 }
 
