@@ -118,20 +118,27 @@ func putUser(b *bolt.Bucket, id uint64, rec userRecord) error {
 
 // Account returns a user with its vault roles.
 func (s *Store) Account(id uint64) (Account, error) {
-	var a Account
+	rec, err := s.userRecordByID(id)
+	if err != nil {
+		return Account{}, err
+	}
+	return rec.account(id), nil
+}
+
+// userRecordByID reads one user record.
+func (s *Store) userRecordByID(id uint64) (userRecord, error) {
+	var rec userRecord
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := bucket(tx, bucketUsers).Get(be64(id))
 		if v == nil {
 			return fmt.Errorf("user %d: %w", id, ErrNotFound)
 		}
-		var rec userRecord
 		if err := json.Unmarshal(v, &rec); err != nil {
 			return fmt.Errorf("decode user %d: %w", id, err)
 		}
-		a = rec.account(id)
 		return nil
 	})
-	return a, err
+	return rec, err
 }
 
 // Accounts lists every user (invited ones too), by id.

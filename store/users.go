@@ -134,20 +134,11 @@ func (s *Store) UserByEmail(email string) (User, error) {
 
 // UserByID finds a user.
 func (s *Store) UserByID(id uint64) (User, error) {
-	var u User
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := bucket(tx, bucketUsers).Get(be64(id))
-		if v == nil {
-			return fmt.Errorf("user %d: %w", id, ErrNotFound)
-		}
-		var rec userRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return fmt.Errorf("decode user %d: %w", id, err)
-		}
-		u = rec.user(id)
-		return nil
-	})
-	return u, err
+	rec, err := s.userRecordByID(id)
+	if err != nil {
+		return User{}, err
+	}
+	return rec.user(id), nil
 }
 
 // CreateSession stores a session. The user must exist and ExpiresAt must be
