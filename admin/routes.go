@@ -146,7 +146,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			s.writeError(w, r, err)
 			return
 		}
-		if err := checkOrigin(r); err != nil && !nullOriginSameSite(r) {
+		if err := checkOrigin(r); err != nil {
 			s.writeError(w, r, err)
 			return
 		}

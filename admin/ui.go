@@ -214,16 +214,6 @@ func parseUIForm(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// nullOriginSameSite reports a browser's same-origin POST from a page whose
-// Referrer-Policy is no-referrer (as the UI's pages are): the Fetch
-// standard then sends "Origin: null", while Sec-Fetch-Site, which no page
-// can set, still says same-origin. Without Sec-Fetch-Site, null stays
-// refused.
-func nullOriginSameSite(r *http.Request) bool {
-	return r.Header.Get("Origin") == "null" && r.Header.Get("Sec-Fetch-Site") == "same-origin" &&
-		len(r.Header.Values("Origin")) == 1 && len(r.Header.Values("Sec-Fetch-Site")) == 1
-}
-
 // newPage fills the layout's fields for p.
 func (s *Server) newPage(p *principal) *uiPage {
 	pg := &uiPage{User: p.acct.Email, Role: string(p.acct.Role), CSRF: csrfToken(p.tokenHash),
