@@ -113,23 +113,39 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, _ *principal) err
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err
 	}
+	tok, err := s.checkLogin(r, req)
+	if err != nil {
+		return err
+	}
+	if r.URL.Query().Get("cookie") != "" {
+		s.setSessionCookie(w, r, tok)
+		return nil
+	}
+	writeJSON(w, http.StatusOK, tok)
+	return nil
+}
+
+// checkLogin checks an email and password (rate limit, Argon2id with the
+// same work for unknown emails, an audit row either way) and starts a
+// session. The API's login and the UI's login form both come here.
+func (s *Server) checkLogin(r *http.Request, req api.LoginRequest) (api.SessionToken, error) {
 	if req.Email == "" || req.Password == "" {
-		return errorf(http.StatusBadRequest, api.CodeInvalid, "send both email and password")
+		return api.SessionToken{}, errorf(http.StatusBadRequest, api.CodeInvalid, "send both email and password")
 	}
 	if len(req.Email) > 254 || len(req.Password) > maxPasswordLength {
-		return errBadCredentials
+		return api.SessionToken{}, errBadCredentials
 	}
 	keys := []string{"email:" + strings.ToLower(req.Email), "ip:" + clientIP(r)}
 	if wait := s.limiter.blocked(keys...); wait > 0 {
 		secs := int(wait.Seconds() + 0.999)
 		s.log.Warn("admin login throttled", "user", req.Email, "client", clientIP(r), "retry_after_s", secs)
-		return &apiError{status: http.StatusTooManyRequests, code: api.CodeRateLimited, retryAfter: secs,
+		return api.SessionToken{}, &apiError{status: http.StatusTooManyRequests, code: api.CodeRateLimited, retryAfter: secs,
 			msg: "too many failed logins: wait " + strconv.Itoa(secs) + " s and try again"}
 	}
 	u, err := s.cfg.Store.UserByEmail(req.Email)
 	known := err == nil
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
+		return api.SessionToken{}, err
 	}
 	if known && u.PasswordHash == "" {
 		known = false // invited, not accepted yet: no password to log in with
@@ -144,38 +160,34 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request, _ *principal) err
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("verify password: %w", err)
+		return api.SessionToken{}, fmt.Errorf("verify password: %w", err)
 	}
 	if !ok || !known {
 		s.limiter.fail(keys...)
 		s.auditLogin(r.Context(), req.Email, audit.DecisionDeny, "wrong_email_or_password")
 		s.log.Warn("admin login failed", "user", req.Email, "client", clientIP(r))
-		return errBadCredentials
+		return api.SessionToken{}, errBadCredentials
 	}
 	s.limiter.success(keys...)
 	if err := s.auditLogin(r.Context(), u.Email, audit.DecisionAllow, ""); err != nil {
-		return err
+		return api.SessionToken{}, err
 	}
-	tok, err := s.startSession(u)
-	if err != nil {
-		return err
-	}
-	if r.URL.Query().Get("cookie") != "" {
-		s.setSessionCookie(w, r, tok)
-		return nil
-	}
-	writeJSON(w, http.StatusOK, tok)
-	return nil
+	return s.startSession(u)
 }
 
 // setSessionCookie answers a cookie login: the session token goes only into
 // an HttpOnly, SameSite=Strict cookie; the body carries the CSRF token that
 // state-changing requests must send in X-CSRF-Token.
 func (s *Server) setSessionCookie(w http.ResponseWriter, r *http.Request, tok api.SessionToken) {
-	http.SetCookie(w, &http.Cookie{Name: api.SessionCookie, Value: tok.Token, Path: "/", HttpOnly: true,
-		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, Expires: tok.ExpiresAt})
+	sessionCookie(w, r, tok)
 	writeJSON(w, http.StatusOK, api.CookieLogin{Email: tok.Email, Role: tok.Role,
 		CSRFToken: csrfToken(TokenHash(tok.Token)), ExpiresAt: tok.ExpiresAt})
+}
+
+// sessionCookie sets the HttpOnly, SameSite=Strict session cookie.
+func sessionCookie(w http.ResponseWriter, r *http.Request, tok api.SessionToken) {
+	http.SetCookie(w, &http.Cookie{Name: api.SessionCookie, Value: tok.Token, Path: "/", HttpOnly: true,
+		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, Expires: tok.ExpiresAt})
 }
 
 // auditLogin records a login attempt. A failed write of a successful login
@@ -217,6 +229,16 @@ func (s *Server) startSession(u store.User) (api.SessionToken, error) {
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request, p *principal) error {
+	if err := s.endSession(w, r, p); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// endSession deletes the session, audits the logout and clears a session
+// cookie (the API's logout and the UI's logout form).
+func (s *Server) endSession(w http.ResponseWriter, r *http.Request, p *principal) error {
 	if err := s.cfg.Store.DeleteSession(p.tokenHash); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
@@ -227,7 +249,6 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request, p *principal) er
 		http.SetCookie(w, &http.Cookie{Name: api.SessionCookie, Value: "", Path: "/", HttpOnly: true,
 			Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	}
-	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

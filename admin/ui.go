@@ -6,10 +6,8 @@ import (
 	"crypto/subtle"
 	"embed"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"html/template"
-	"io"
 	"mime"
 	"net/http"
 	"net/netip"
@@ -317,9 +315,9 @@ func (s *Server) renderLogin(w http.ResponseWriter, r *http.Request, status int,
 	return nil
 }
 
-// uiLogin takes the login form. It runs the API's login (rate limit,
-// Argon2id check, audit row, session) in-process, keeps its session cookie
-// and drops its JSON body.
+// uiLogin takes the login form: the same authentication as the API's login
+// (rate limit, Argon2id check, audit row, session), answered with the
+// session cookie and a redirect.
 func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	uiHeaders(w.Header())
 	pg := &uiPage{Title: "Log in"}
@@ -334,8 +332,8 @@ func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request, _ *principal) e
 		pg.Error = "The login form expired: try again."
 		return s.renderLogin(w, r, http.StatusForbidden, pg, email)
 	}
-	body := api.LoginRequest{Email: email, Password: r.PostForm.Get("password")}
-	if err := s.callAPI(w, r, nil, s.login, "cookie=1", body); err != nil {
+	tok, err := s.checkLogin(r, api.LoginRequest{Email: email, Password: r.PostForm.Get("password")})
+	if err != nil {
 		ae := s.toAPIError(r, err)
 		if ae.retryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(ae.retryAfter))
@@ -343,6 +341,7 @@ func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request, _ *principal) e
 		pg.Error = ae.msg
 		return s.renderLogin(w, r, ae.status, pg, email)
 	}
+	sessionCookie(w, r, tok)
 	http.SetCookie(w, &http.Cookie{Name: loginFormCookie, Value: "", Path: "/ui/login", HttpOnly: true,
 		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	seeOther(w, r, "/ui/", "")
@@ -352,42 +351,9 @@ func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request, _ *principal) e
 // uiLogout ends the session the way the API's logout does and clears the
 // cookie.
 func (s *Server) uiLogout(w http.ResponseWriter, r *http.Request, p *principal, _ *uiPage) error {
-	if err := s.callAPI(w, r, p, s.logout, "", nil); err != nil {
+	if err := s.endSession(w, r, p); err != nil {
 		return err
 	}
 	seeOther(w, r, "/ui/login", "logout")
 	return nil
 }
-
-// callAPI runs an API handler in-process for a UI form: body (if not nil)
-// becomes its JSON request, its cookies are kept and the rest of its
-// response is dropped.
-func (s *Server) callAPI(w http.ResponseWriter, r *http.Request, p *principal, h handlerFunc, query string, body any) error {
-	var raw []byte
-	if body != nil {
-		var err error
-		if raw, err = json.Marshal(body); err != nil {
-			return err
-		}
-	}
-	r2 := r.Clone(r.Context())
-	r2.URL.RawQuery = query
-	r2.Body, r2.ContentLength = io.NopCloser(bytes.NewReader(raw)), int64(len(raw))
-	r2.Header.Set("Content-Type", "application/json")
-	cw := &discardWriter{h: http.Header{}}
-	if err := h(cw, r2, p); err != nil {
-		return err
-	}
-	for _, c := range cw.h.Values("Set-Cookie") {
-		w.Header().Add("Set-Cookie", c)
-	}
-	return nil
-}
-
-// discardWriter keeps an in-process API response's headers and drops its
-// body.
-type discardWriter struct{ h http.Header }
-
-func (d *discardWriter) Header() http.Header         { return d.h }
-func (d *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
-func (d *discardWriter) WriteHeader(int)             {}
