@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/agentvault/agent-vault/audit"
 	"github.com/agentvault/agent-vault/policy"
@@ -121,26 +120,18 @@ func TestSecretConcurrentWritesLandInCommitOrder(t *testing.T) {
 	}
 }
 
-func TestChangedPokes(t *testing.T) {
+// The policy hook runs once for every committed change the data path must
+// see, and never for audit rows, reads or failed writes.
+func TestOnPolicyChangeFiresOnPolicyChanges(t *testing.T) {
 	s, _ := newStore(t)
-	ch, cancel := s.Changed()
-	other, cancelOther := s.Changed()
-	defer cancelOther()
+	var calls int
+	s.SetOnPolicyChange(func() { calls++ })
 	expect := func(what string) {
 		t.Helper()
-		select {
-		case <-ch:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("no poke after %s", what)
+		if calls != 1 {
+			t.Fatalf("%d hook calls after %s, want 1", calls, what)
 		}
-	}
-	quiet := func(what string) {
-		t.Helper()
-		select {
-		case <-ch:
-			t.Fatalf("poke after %s", what)
-		default:
-		}
+		calls = 0
 	}
 	if _, err := s.CreateVault(alice, "prod"); err != nil {
 		t.Fatal(err)
@@ -163,16 +154,7 @@ func TestChangedPokes(t *testing.T) {
 	}
 	expect("agent revoke")
 
-	// coalesced: several changes while nobody reads leave one poke
-	for i := range 5 {
-		if _, err := s.CreateVault(alice, fmt.Sprintf("v%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	expect("five changes")
-	quiet("the coalesced poke was read")
-
-	// audit rows, reads and failed writes do not poke
+	// audit rows, reads and failed writes do not call it
 	if err := s.Append(t.Context(), &audit.Event{Actor: audit.System, Action: "x"}); err != nil {
 		t.Fatal(err)
 	}
@@ -182,29 +164,16 @@ func TestChangedPokes(t *testing.T) {
 	if _, err := s.CreateVault(alice, "prod"); err == nil {
 		t.Fatal("duplicate vault")
 	}
-	quiet("no change")
-
-	// the second subscriber got its own pokes
-	select {
-	case <-other:
-	default:
-		t.Fatal("second subscriber was never poked")
+	if calls != 0 {
+		t.Fatalf("%d hook calls without a change", calls)
 	}
 
-	cancel()
-	if _, err := s.CreateVault(alice, "after-cancel"); err != nil {
+	s.SetOnPolicyChange(nil)
+	if _, err := s.CreateVault(alice, "after-unset"); err != nil {
 		t.Fatal(err)
 	}
-	quiet("cancel")
-
-	mustClose(t, s)
-	select {
-	case _, ok := <-other:
-		if ok {
-			<-other // a pending poke, then the close
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Close did not end the subscription")
+	if calls != 0 {
+		t.Fatal("the hook ran after it was unset")
 	}
 }
 

@@ -78,7 +78,6 @@ type Store struct {
 	undecryptMu   sync.Mutex
 	undecryptable []string
 
-	changed subscribers // policy-relevant changes
 	audited subscribers // new audit rows
 
 	// onPolicyChange runs synchronously after each policy-relevant commit
@@ -295,7 +294,6 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	<-s.writerDone
 	s.secrets.Store(&secretMap{}) // a closed store serves no secret
-	s.changed.closeAll()
 	s.audited.closeAll()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close store %s: %w", s.path, err)
@@ -309,30 +307,25 @@ func (s *Store) Insecure() bool { return s.insecure }
 // Path is the store file's path.
 func (s *Store) Path() string { return s.path }
 
-// Changed returns a channel that receives (coalesced, never blocking the
-// writer) after every committed change to vaults, credentials, services or
-// agents. Each call returns a new subscription; cancel ends it.
-func (s *Store) Changed() (ch <-chan struct{}, cancel func()) { return s.changed.subscribe() }
-
 // SetOnPolicyChange registers fn to run synchronously after every committed
-// change to vaults, services or agents (and proposals applied), before the
+// change to vaults, credentials, services or agents (and proposals applied), before the
 // mutating method returns, so a caller that gets an answer — the admin API —
 // knows the data path already enforces the change. Calls are serialized, so
 // fn may rebuild and swap a snapshot without its own lock; fn must not
 // mutate the store.
 func (s *Store) SetOnPolicyChange(fn func()) { s.onPolicyChange.Store(&fn) }
 
-// policyChanged runs the synchronous hook, then pokes the subscribers.
+// policyChanged runs the synchronous hook.
 func (s *Store) policyChanged() {
 	if fn := s.onPolicyChange.Load(); fn != nil && *fn != nil {
 		s.policyMu.Lock()
 		(*fn)()
 		s.policyMu.Unlock()
 	}
-	s.changed.poke()
 }
 
-// AuditAppended is like Changed for new audit rows (for live tails).
+// AuditAppended returns a coalesced poke on new audit rows (for live tails);
+// cancel ends the subscription.
 func (s *Store) AuditAppended() (ch <-chan struct{}, cancel func()) { return s.audited.subscribe() }
 
 // subscribers hands out coalescing notification channels.
