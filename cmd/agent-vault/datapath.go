@@ -170,21 +170,18 @@ type dataPathListeners struct {
 }
 
 func (l *dataPathListeners) close() {
-	for _, c := range []interface{ Close() error }{l.proxy, l.transparent, l.dnsUDP, l.dnsTCP} {
-		if c != nil && !isNilInterface(c) {
-			c.Close()
-		}
+	if l.proxy != nil {
+		l.proxy.Close()
 	}
-}
-
-func isNilInterface(c interface{ Close() error }) bool {
-	switch v := c.(type) {
-	case net.Listener:
-		return v == nil
-	case net.PacketConn:
-		return v == nil
+	if l.transparent != nil {
+		l.transparent.Close()
 	}
-	return false
+	if l.dnsUDP != nil {
+		l.dnsUDP.Close()
+	}
+	if l.dnsTCP != nil {
+		l.dnsTCP.Close()
+	}
 }
 
 func bindDataPath(cfg *serverConfig) (*dataPathListeners, error) {
