@@ -33,7 +33,6 @@ import (
 // are held by file descriptors) while the iptables backstop stays, so the
 // agents fail closed too.
 type capture struct {
-	mode         string
 	log          *slog.Logger
 	local        atomic.Pointer[redirect.Local]
 	agentsCgroup string // local mode: the agents' cgroup, absolute

@@ -159,7 +159,7 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 	if err != nil {
 		return err
 	}
-	capture := &capture{mode: cfg.Redirect, log: log}
+	capture := &capture{log: log}
 	var current atomic.Pointer[policy.Snapshot]
 	current.Store(snap)
 	dns, err := newDNSProxy(&cfg, resolver, log, st, capture.identifyDNS(current.Load), capture.identifyDNSConn(current.Load))
