@@ -182,9 +182,6 @@ func CleanupExcept(keep Plan) error {
 	return errors.Join(errs...)
 }
 
-// Revert is Cleanup: our chains are recognised by name, so reverting a plan
-// and removing leftovers of a crashed run are the same operation.
-func Revert() error { return Cleanup() }
 
 func (p Plan) hasChain(f Family, table, name string) bool {
 	for _, c := range p.Chains {
