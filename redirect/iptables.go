@@ -182,7 +182,6 @@ func CleanupExcept(keep Plan) error {
 	return errors.Join(errs...)
 }
 
-
 func (p Plan) hasChain(f Family, table, name string) bool {
 	for _, c := range p.Chains {
 		if c.Family == f && c.Table == table && c.Name == name {
