@@ -83,7 +83,9 @@ func (b *Broker) vaultOf(agent string) string {
 
 // auditComplete appends the completion row without holding up the response:
 // in a goroutine the broker tracks (Shutdown waits for it), retried three
-// times. When the broker is already shutting down it is written inline.
+// times. When the broker is already shutting down, or Append is quick
+// (Config.AuditAppendIsQuick: a goroutine and its wake-up would cost more
+// than the append), it is written inline.
 func (b *Broker) auditComplete(ev audit.Event) {
 	write := func() {
 		var err error
@@ -97,6 +99,12 @@ func (b *Broker) auditComplete(ev audit.Event) {
 			}
 		}
 		b.log.Error("audit append failed for a request completion", "agent", ev.Actor.Name, "ref", ev.Ref, "err", err)
+	}
+	if b.cfg.AuditAppendIsQuick {
+		e := ev
+		if err := b.appendAudit(context.Background(), &e); err == nil {
+			return
+		}
 	}
 	if !b.enter() {
 		write()

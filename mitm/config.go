@@ -87,6 +87,11 @@ type Config struct {
 	MaxHandshakes    int           // concurrent TLS handshakes, default 512
 	ResolveTTL       time.Duration // broker-side resolution cache, default 30 s
 	AuditTimeout     time.Duration // one audit append, default 5 s
+	// AuditAppendIsQuick says Audit.Append returns without waiting for a
+	// disk flush (the store's batch mode journals the row and returns).
+	// Completion rows are then appended in the handler; otherwise in a
+	// goroutine, so a slow flush never holds up the agent's response.
+	AuditAppendIsQuick bool
 }
 
 // Broker is the data path. Make one with New, feed it listeners with
@@ -99,6 +104,7 @@ type Broker struct {
 	snap      atomic.Pointer[policy.Snapshot]
 	res       *resolver
 	transport *http.Transport
+	h1        *h1Transport
 	rp        *httputil.ReverseProxy
 	inner     *http.Server // serves terminated and plain transparent connections
 	innerLn   *chanListener
@@ -176,6 +182,7 @@ func New(cfg Config) (*Broker, error) {
 	b.snap.Store(policy.NewSnapshot(policy.Input{}))
 	b.tlsOuter = b.newTLSOuter()
 	b.transport = b.newTransport()
+	b.h1 = newH1Transport(b.dialUpstream, b.transport.TLSClientConfig)
 	b.rp = b.newReverseProxy()
 	b.internal = b.newInternal()
 	errLog := slog.NewLogLogger(b.log.Handler(), slog.LevelDebug)

@@ -40,6 +40,7 @@ type forward struct {
 	injErr  error
 	errCode string
 	status  int // the upstream's status, seen in ModifyResponse
+	agentH1 bool
 }
 
 func forwardFrom(ctx context.Context) *forward {
@@ -101,7 +102,10 @@ func (b *Broker) dialUpstream(ctx context.Context, network, addr string) (net.Co
 
 // guardTransport refuses to send a request whose credential could not be
 // attached (Rewrite cannot return an error).
-type guardTransport struct{ t http.RoundTripper }
+type guardTransport struct {
+	t  http.RoundTripper
+	h1 *h1Transport
+}
 
 func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	f := forwardFrom(req.Context())
@@ -111,14 +115,21 @@ func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if f.injErr != nil {
 		return nil, errInject
 	}
+	if f.agentH1 && g.h1 != nil && h1Eligible(req) {
+		return g.h1.RoundTrip(req)
+	}
 	return g.t.RoundTrip(req)
 }
 
 func (b *Broker) newReverseProxy() *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
-		Rewrite:        b.rewrite,
-		Transport:      guardTransport{b.transport},
-		FlushInterval:  -1,
+		Rewrite:   b.rewrite,
+		Transport: guardTransport{t: b.transport, h1: b.h1},
+		// 0: ReverseProxy itself flushes at once for text/event-stream and
+		// bodies of unknown length (streams), and sends a response of
+		// known length in as few writes as it can: one wake-up of the
+		// agent instead of one for the headers and one per body chunk.
+		FlushInterval:  0,
 		BufferPool:     bufferPool{},
 		ModifyResponse: b.modifyResponse,
 		ErrorHandler:   b.upstreamError,

@@ -206,7 +206,7 @@ func (b *Broker) handle(w http.ResponseWriter, r *http.Request, st *connState) {
 	}
 	rl.decision, rl.reason, rl.seq = audit.DecisionAllow, string(dec.Reason), intent.Seq
 
-	f := &forward{svc: svc, secret: secret, host: host, port: d.port, tls: st.kind.tls(), dest: d, log: rl}
+	f := &forward{svc: svc, secret: secret, host: host, port: d.port, tls: st.kind.tls(), dest: d, log: rl, agentH1: r.ProtoMajor == 1}
 	cw := &countingWriter{ResponseWriter: w}
 	aborted := b.forward(cw, r.WithContext(context.WithValue(r.Context(), forwardKey{}, f)))
 	rl.status, rl.bytes = cw.code(), cw.n
@@ -224,6 +224,10 @@ func (b *Broker) handle(w http.ResponseWriter, r *http.Request, st *connState) {
 	}
 	if aborted {
 		complete.Reason, rl.code = "aborted", "aborted"
+	} else if rl.status != http.StatusSwitchingProtocols {
+		// the agent has its answer before the completion row and the log
+		// line are written, not after
+		_ = http.NewResponseController(w).Flush()
 	}
 	b.auditComplete(complete)
 	if aborted {

@@ -170,6 +170,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		}
 	}
 	b.transport.CloseIdleConnections()
+	b.h1.CloseIdleConnections()
 	return firstErr
 }
 

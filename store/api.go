@@ -43,6 +43,7 @@ type Options struct {
 	KDF         KDFParams     // for a new store; zero means DefaultKDF
 	Now         func() time.Time
 	Logger      *slog.Logger // default slog.Default(); never given a secret
+	AuditSync   AuditSync    // when Append returns (journal.go); default AuditSyncBatch
 }
 
 // Role is a user's role.

@@ -1,269 +1,37 @@
 package store
 
 import (
-	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/agentvault/agent-vault/audit"
 )
 
-// The audit bucket holds rows keyed by their 8-byte big-endian Seq (from
-// the bucket's NextSequence), each the canonical JSON audit.Seal returned.
-// Rows are written on two paths: the group-commit writer below (data-path
-// events through Append) and store mutations, which append their row in the
-// same Update transaction as the change. bbolt runs one Update at a time and
-// each appender reads the chain's tail with cursor.Last inside its
-// transaction, so both paths extend one chain.
-
-const (
-	queueLen = 4096 // pending Append calls before callers wait to enqueue
-	maxBatch = 1024 // events committed in one transaction at most
-)
-
-type appendReq struct {
-	ev   audit.Event
-	done chan appendRes
-}
-
-type appendRes struct {
-	ev  audit.Event
-	err error
-}
+// The audit bucket holds rows keyed by their 8-byte big-endian Seq, each
+// the canonical JSON audit.Seal returned. Rows are sealed by one chain head
+// and reach the bucket through the journal (journal.go): data-path events
+// through Append and the folder's group commits, store mutations in the
+// same transaction as their change.
 
 type writerStats struct {
 	events  atomic.Uint64
 	batches atomic.Uint64
 }
 
-// WriterStats counts the group-commit writer's work since Open.
+// WriterStats counts the audit log's commits since Open.
 type WriterStats struct {
-	Events  uint64 // events committed through Append
-	Batches uint64 // Update transactions that committed them
+	Events  uint64 // rows committed to bbolt
+	Batches uint64 // write transactions that committed them
 }
 
-// AuditWriterStats reports how many events the writer committed in how many
-// transactions (fewer transactions than events means batching works).
+// AuditWriterStats reports how many rows were committed in how many
+// transactions (fewer transactions than rows means group commit works).
 func (s *Store) AuditWriterStats() WriterStats {
 	return WriterStats{Events: s.stats.events.Load(), Batches: s.stats.batches.Load()}
-}
-
-// Append records one event through the group-commit writer (audit.Sink). It
-// returns once the batch holding the event is committed and fsynced, with
-// ev's Seq, Time (if it was zero), PrevHash and Hash filled in. An error
-// means the event may not be recorded: the data path must fail closed. If
-// ctx ends first, Append returns its error; the event may still commit.
-func (s *Store) Append(ctx context.Context, ev *audit.Event) error {
-	req := &appendReq{ev: *ev, done: make(chan appendRes, 1)}
-	if req.ev.Time.IsZero() {
-		req.ev.Time = s.now()
-	}
-	req.ev.Time = req.ev.Time.UTC()
-
-	s.closeMu.RLock()
-	if s.closed {
-		s.closeMu.RUnlock()
-		return fmt.Errorf("append audit event: %w", ErrClosed)
-	}
-	select {
-	case s.queue <- req:
-	case <-ctx.Done():
-		s.closeMu.RUnlock()
-		return fmt.Errorf("append audit event: %w", ctx.Err())
-	}
-	s.closeMu.RUnlock()
-
-	select {
-	case res := <-req.done:
-		if res.err != nil {
-			return fmt.Errorf("append audit event: %w", res.err)
-		}
-		*ev = res.ev
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("append audit event: %w", ctx.Err())
-	}
-}
-
-// followUpHold is how long a follow-up row (an event with Ref set: the
-// completion of a request whose intent row is already committed) may wait
-// for other events to share its commit. A test may change it before Open.
-var followUpHold = 10 * time.Millisecond
-
-// writerLoop commits queued events in one transaction, then wakes the
-// batch's callers. There is no timer for ordinary events: a lone event
-// commits at once, and events arriving during a commit form the next batch.
-//
-// Follow-up rows (Ref != 0) never start a commit of their own while another
-// event may soon come: they are held for at most followUpHold and ride with
-// the next batch. On a busy data path each request then costs one commit
-// (its intent, carrying earlier completions) instead of two, and a request's
-// intent no longer waits behind the previous request's completion. Their
-// callers still return only after the commit that holds them.
-//
-// It exits when Close has closed the queue and everything queued or held is
-// committed.
-func (s *Store) writerLoop() {
-	defer close(s.writerDone)
-	hold := followUpHold
-	batch := make([]*appendReq, 0, maxBatch)
-	held := make([]*appendReq, 0, maxBatch)
-	all := make([]*appendReq, 0, maxBatch)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	var due <-chan time.Time // the oldest held row's deadline; nil when none
-	last := 0                // size of the last batch committed
-	commit := func() {
-		all = append(append(all[:0], held...), batch...) // held rows are older: they go first
-		last = len(all)
-		s.commitAndWake(all)
-		clear(all)
-		clear(held)
-		clear(batch)
-		held, batch = held[:0], batch[:0]
-		if due != nil {
-			timer.Stop()
-			due = nil
-		}
-	}
-	open := true
-	for open {
-		select {
-		case req, ok := <-s.queue:
-			if !ok {
-				open = false
-				break
-			}
-			batch = append(batch[:0], req)
-			// Callers of the last batch are waking up to append again: let
-			// them run first, while the queue still grows (a few yields at
-			// most), so they join this batch rather than the next. This
-			// costs nothing when nobody else is runnable, and a lone
-			// caller (last batch of one) skips it.
-			for i := 0; i < 4 && last > 1; i++ {
-				n := len(s.queue)
-				runtime.Gosched()
-				if len(s.queue) == n {
-					break
-				}
-			}
-		case <-due:
-			due = nil
-			commit() // held rows only
-			continue
-		}
-	fill:
-		for open && len(batch)+len(held) < maxBatch {
-			select {
-			case r, ok := <-s.queue:
-				if !ok {
-					open = false
-					break fill
-				}
-				batch = append(batch, r)
-			default:
-				break fill
-			}
-		}
-		if open && hold > 0 {
-			// move follow-ups out of a batch that holds nothing else
-			urgent := false
-			for _, r := range batch {
-				if r.ev.Ref == 0 {
-					urgent = true
-					break
-				}
-			}
-			if !urgent && len(batch)+len(held) < maxBatch {
-				if len(held) == 0 {
-					timer.Reset(hold)
-					due = timer.C
-				}
-				held = append(held, batch...)
-				clear(batch)
-				batch = batch[:0]
-				continue
-			}
-		}
-		if len(batch)+len(held) > 0 {
-			commit()
-		}
-	}
-}
-
-// commitAndWake commits one batch and hands every caller its result.
-func (s *Store) commitAndWake(batch []*appendReq) {
-	err := s.commitBatch(batch)
-	if err == nil {
-		s.stats.batches.Add(1)
-		s.stats.events.Add(uint64(len(batch)))
-		s.audited.poke()
-	} else {
-		s.log.Error("audit batch not committed", "events", len(batch), "err", err)
-	}
-	for _, r := range batch {
-		r.done <- appendRes{ev: r.ev, err: err}
-	}
-}
-
-// commitBatch seals and writes every event of the batch in one transaction.
-func (s *Store) commitBatch(batch []*appendReq) error {
-	sealed := make([]audit.Event, len(batch))
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := bucket(tx, bucketAudit)
-		b.FillPercent = appendFill
-		prev, err := lastHash(b)
-		if err != nil {
-			return err
-		}
-		for i, r := range batch {
-			ev := r.ev
-			if prev, err = putRow(b, &ev, prev); err != nil {
-				return err
-			}
-			sealed[i] = ev
-		}
-		return nil
-	})
-	if err != nil {
-		if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
-			return fmt.Errorf("%w: %w", ErrClosed, err)
-		}
-		return err
-	}
-	for i, r := range batch {
-		r.ev = sealed[i]
-	}
-	return nil
-}
-
-// appendFill packs audit pages full: rows only ever go to the end (keys
-// are increasing sequence numbers), so bbolt's default of half-full pages
-// would only double the pages each commit writes and the file's size.
-const appendFill = 1.0
-
-// appendTx appends one event to the chain inside tx (the mutation path).
-func (s *Store) appendTx(tx *bolt.Tx, ev *audit.Event) error {
-	if ev.Time.IsZero() {
-		ev.Time = s.now()
-	}
-	ev.Time = ev.Time.UTC()
-	b := bucket(tx, bucketAudit)
-	b.FillPercent = appendFill
-	prev, err := lastHash(b)
-	if err != nil {
-		return err
-	}
-	_, err = putRow(b, ev, prev)
-	return err
 }
 
 // lastHash returns the hash of the chain's last row; for an empty log the
@@ -283,23 +51,6 @@ func lastHash(b *bolt.Bucket) (string, error) {
 	return tail.Hash, nil
 }
 
-// putRow numbers, seals and stores ev after prev, and returns its hash.
-func putRow(b *bolt.Bucket, ev *audit.Event, prev string) (string, error) {
-	seq, err := b.NextSequence()
-	if err != nil {
-		return "", fmt.Errorf("number audit row: %w", err)
-	}
-	ev.Seq = seq
-	raw, err := audit.Seal(ev, prev)
-	if err != nil {
-		return "", err
-	}
-	if err := b.Put(be64(seq), raw); err != nil {
-		return "", fmt.Errorf("write audit row %d: %w", seq, err)
-	}
-	return ev.Hash, nil
-}
-
 // AuditList returns rows matching q, newest first, and the cursor for the
 // next page (0 when there is none). Since is inclusive, Until exclusive;
 // Agent and User match the actor's kind and name.
@@ -311,6 +62,7 @@ func (s *Store) AuditList(q AuditQuery) (rows []audit.Event, next uint64, err er
 	if limit > 1000 {
 		limit = 1000
 	}
+	s.syncAudit()
 	err = s.db.View(func(tx *bolt.Tx) error {
 		c := bucket(tx, bucketAudit).Cursor()
 		var k, v []byte
@@ -367,6 +119,7 @@ func (q *AuditQuery) matches(ev *audit.Event) bool {
 func (s *Store) AuditVerify() (rows uint64, err error) {
 	var ver *audit.Verifier
 	misplaced := false
+	s.syncAudit()
 	err = s.db.View(func(tx *bolt.Tx) error {
 		anchor, err := readAnchor(tx)
 		if err != nil {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -85,8 +87,8 @@ func TestGroupCommit64Writers(t *testing.T) {
 		t.Fatalf("%d events committed, want %d", len(seen), writers*each)
 	}
 	st := s.AuditWriterStats()
-	if st.Events != writers*each {
-		t.Fatalf("writer counted %d events", st.Events)
+	if st.Events < writers*each {
+		t.Fatalf("%d rows committed, want at least %d", st.Events, writers*each)
 	}
 	if st.Batches >= st.Events {
 		t.Fatalf("no group commit: %d transactions for %d events", st.Batches, st.Events)
@@ -254,38 +256,38 @@ func TestAuditListFiltersAndPages(t *testing.T) {
 }
 
 func TestAppendFailsClosed(t *testing.T) {
-	s, _ := newStore(t)
 	ctx := context.Background()
-
-	// a write that fails reports an error to its caller
-	if err := s.db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	err := s.Append(ctx, &audit.Event{Actor: audit.System, Action: "x"})
-	if err == nil {
-		t.Fatal("append to a closed database succeeded")
-	}
-	if _, err := s.CreateVault(alice, "v"); err == nil {
-		t.Fatal("mutation on a closed database succeeded")
-	}
-	// Close still stops the writer; the store then refuses Append
-	s.closeMu.Lock()
-	s.closed = true
-	close(s.queue)
-	s.closeMu.Unlock()
-	<-s.writerDone
-	if err := s.Append(ctx, &audit.Event{Actor: audit.System, Action: "x"}); !errors.Is(err, ErrClosed) {
-		t.Fatalf("append after close: %v", err)
-	}
-
-	// a cancelled context fails too
-	s2, _ := newStore(t)
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	for range 20 { // either the enqueue or the wait sees the cancellation
-		if err := s2.Append(cctx, &audit.Event{Actor: audit.System, Action: "x"}); err != nil && !errors.Is(err, context.Canceled) {
-			t.Fatalf("append with cancelled context: %v", err)
-		}
+	for _, mode := range []AuditSync{AuditSyncBatch, AuditSyncAlways} {
+		t.Run(mode.String(), func(t *testing.T) {
+			opt := testOptions()
+			opt.AuditSync = mode
+			s := openTest(t, filepath.Join(t.TempDir(), "a.db"), opt)
+			// the disk stops taking commits
+			if err := s.db.Close(); err != nil {
+				t.Fatal(err)
+			}
+			err := s.Append(ctx, &audit.Event{Actor: audit.System, Action: "x"})
+			if mode == AuditSyncAlways && err == nil {
+				t.Fatal("append waiting for its commit succeeded on a closed database")
+			}
+			// batch mode journaled that row; the failed commit that follows
+			// refuses every later append until a commit succeeds
+			deadline := time.Now().Add(10 * time.Second) // liveness only
+			for err == nil && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+				err = s.Append(ctx, &audit.Event{Actor: audit.System, Action: "x"})
+			}
+			if err == nil || !strings.Contains(err.Error(), "cannot be committed") {
+				t.Fatalf("append after a failed commit: %v", err)
+			}
+			if _, err := s.CreateVault(alice, "v"); err == nil {
+				t.Fatal("mutation on a closed database succeeded")
+			}
+			_ = s.Close()
+			if err := s.Append(ctx, &audit.Event{Actor: audit.System, Action: "x"}); !errors.Is(err, ErrClosed) {
+				t.Fatalf("append after close: %v", err)
+			}
+		})
 	}
 }
 

@@ -45,7 +45,7 @@ func TestPruneWhileAppending(t *testing.T) {
 	if pruned == 0 {
 		t.Fatal("nothing was pruned")
 	}
-	if st := s.AuditWriterStats(); st.Events != 480 {
-		t.Fatalf("writer committed %d events", st.Events)
+	if st := s.AuditWriterStats(); st.Events < 480 {
+		t.Fatalf("%d rows committed, want at least 480", st.Events)
 	}
 }

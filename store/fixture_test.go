@@ -124,9 +124,17 @@ func writeV1(path string, password []byte) error {
 			{Actor: audit.Actor{Kind: audit.ActorAgent, Name: "ci-bot"}, Action: "request", Vault: "prod", Decision: audit.DecisionAllow, Host: "api.github.com", Method: "GET", Path: "/repos/x"},
 		} {
 			ev.Time = time.Date(2025, 3, 4, 10, 10+i, 0, 0, time.UTC)
-			if prev, err = putRow(bk["audit"], &ev, prev); err != nil {
+			if ev.Seq, err = bk["audit"].NextSequence(); err != nil {
 				return err
 			}
+			raw, err := audit.Seal(&ev, prev)
+			if err != nil {
+				return err
+			}
+			if err := bk["audit"].Put(be64(ev.Seq), raw); err != nil {
+				return err
+			}
+			prev = ev.Hash
 		}
 		return nil
 	})

@@ -60,9 +60,9 @@ func openTest(t testing.TB, path string, opt Options) *Store {
 		t.Fatalf("open %s: %v", path, err)
 	}
 	t.Cleanup(func() {
-		s.closeMu.RLock()
+		s.closeMu.Lock()
 		closed := s.closed
-		s.closeMu.RUnlock()
+		s.closeMu.Unlock()
 		if !closed {
 			if err := s.Close(); err != nil {
 				t.Errorf("close: %v", err)

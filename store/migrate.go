@@ -38,7 +38,7 @@ var migrations = []migration{
 // in the audit chain.
 func (s *Store) migrate(from uint64) error {
 	now := s.now().UTC()
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.writeTx(func(tx *bolt.Tx) error {
 		for _, m := range migrations {
 			if uint64(m.from) < from {
 				continue

@@ -85,12 +85,12 @@ type Store struct {
 	onPolicyChange atomic.Pointer[func()]
 	policyMu       sync.Mutex
 
-	// group-commit audit writer
-	closeMu    sync.RWMutex
-	closed     bool
-	queue      chan *appendReq
-	writerDone chan struct{}
-	stats      writerStats
+	// the audit chain head, its journal and the group-commit folder
+	jr        journal
+	auditSync AuditSync
+	stats     writerStats
+	closeMu   sync.Mutex
+	closed    bool
 }
 
 // keysRecord is meta/keys: how the DEK is protected.
@@ -132,12 +132,11 @@ func Open(path string, opt Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	s := &Store{
-		db:         db,
-		path:       path,
-		now:        opt.Now,
-		log:        opt.Logger,
-		queue:      make(chan *appendReq, queueLen),
-		writerDone: make(chan struct{}),
+		db:        db,
+		path:      path,
+		now:       opt.Now,
+		log:       opt.Logger,
+		auditSync: opt.AuditSync,
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -146,6 +145,7 @@ func Open(path string, opt Options) (*Store, error) {
 		s.log = slog.Default()
 	}
 	if err := s.open(opt, isNew); err != nil {
+		s.abandonJournal()
 		_ = db.Close()
 		if s.created {
 			// only a file this call created and initialized is removed
@@ -162,7 +162,7 @@ func Open(path string, opt Options) (*Store, error) {
 	if s.insecure {
 		s.log.Warn("STORE HAS NO MASTER PASSWORD: credential values are NOT protected at rest; use this mode for demos only", "path", path)
 	}
-	go s.writerLoop()
+	go s.foldLoop()
 	return s, nil
 }
 
@@ -210,6 +210,9 @@ func (s *Store) open(opt Options, isNew bool) error {
 			return fmt.Errorf("create store %s: %w (or choose passwordless demo mode)", s.path, ErrPasswordRequired)
 		}
 		s.created = isNew
+		if err := s.openJournal(true); err != nil {
+			return err
+		}
 		return s.initialize(opt)
 	}
 	if schema > SchemaVersion {
@@ -226,6 +229,9 @@ func (s *Store) open(opt Options, isNew bool) error {
 		return fmt.Errorf("unlock store %s: %w", s.path, err)
 	}
 	s.insecure = keys.Passwordless
+	if err := s.openJournal(false); err != nil {
+		return fmt.Errorf("open store %s: %w", s.path, err)
+	}
 	if schema < SchemaVersion {
 		if err := s.migrate(schema); err != nil {
 			return fmt.Errorf("migrate store %s from schema %d to %d: %w", s.path, schema, SchemaVersion, err)
@@ -253,7 +259,7 @@ func (s *Store) initialize(opt Options) error {
 	if err != nil {
 		return fmt.Errorf("create store %s: encode key record: %w", s.path, err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.writeTx(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
@@ -282,7 +288,7 @@ func (s *Store) initialize(opt Options) error {
 	return nil
 }
 
-// Close stops the audit writer after flushing it, then closes the file.
+// Close commits every journaled audit row, then closes the file.
 func (s *Store) Close() error {
 	s.closeMu.Lock()
 	if s.closed {
@@ -290,9 +296,8 @@ func (s *Store) Close() error {
 		return ErrClosed
 	}
 	s.closed = true
-	close(s.queue)
 	s.closeMu.Unlock()
-	<-s.writerDone
+	s.closeJournal()
 	s.secrets.Store(&secretMap{}) // a closed store serves no secret
 	s.audited.closeAll()
 	if err := s.db.Close(); err != nil {
@@ -389,7 +394,7 @@ type mutation struct {
 // update runs fn and appends m's audit event in one Update transaction, so a
 // change and its audit row commit together or not at all.
 func (s *Store) update(m *mutation, fn func(tx *bolt.Tx) error) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.writeTx(func(tx *bolt.Tx) error {
 		if err := fn(tx); err != nil {
 			return err
 		}
@@ -408,9 +413,6 @@ func (s *Store) update(m *mutation, fn func(tx *bolt.Tx) error) error {
 		return s.appendTx(tx, &ev)
 	})
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
-			return fmt.Errorf("%w: %w", ErrClosed, err)
-		}
 		return err
 	}
 	if m.policy {

@@ -2,11 +2,9 @@ package store
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/agentvault/agent-vault/audit"
 )
@@ -18,7 +16,7 @@ import (
 // bumped and Changed subscribers are poked after the commit.
 func (s *Store) updateEvents(policyChange bool, fn func(tx *bolt.Tx) ([]audit.Event, error)) error {
 	appended := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.writeTx(func(tx *bolt.Tx) error {
 		evs, err := fn(tx)
 		if err != nil {
 			return err
@@ -37,9 +35,6 @@ func (s *Store) updateEvents(policyChange bool, fn func(tx *bolt.Tx) ([]audit.Ev
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
-			return fmt.Errorf("%w: %w", ErrClosed, err)
-		}
 		return err
 	}
 	if policyChange {

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+
+	"github.com/agentvault/agent-vault/store"
 )
 
 // serverConfig is everything `agent-vault server` is told. Flags the data
@@ -29,6 +31,7 @@ type serverConfig struct {
 	AllowPrivate    bool     // --allow-private-upstreams
 	Cleanup         bool     // remove leftovers and exit
 	AuditRetention  string   // e.g. "90d"; "" keeps every row
+	AuditSync       string   // batch or always (store.AuditSync)
 	AdminHosts      []string // extra Host names the admin API and UI answer to
 
 	MasterPasswordFile string
@@ -114,6 +117,7 @@ it runs, the admin listener's bound address is in admin.addr in the data dir
 	f.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&cfg.Cleanup, "cleanup", false, "remove every rule, BPF link and pin a previous run left, then exit")
 	f.StringVar(&cfg.AuditRetention, "audit-retention", "", "delete audit rows older than this (e.g. 90d, 720h); the deletion is itself audited and the chain stays verifiable; empty keeps everything")
+	f.StringVar(&cfg.AuditSync, "audit-sync", "batch", "when a request's audit row counts as written before its credential is attached: batch (in the journal: survives a crash of the process; fsynced with the next group commit, within milliseconds) or always (wait for the fsync: survives power loss, costs the disk's flush time on every request)")
 	f.BoolVarP(&cfg.Detach, "detach", "d", false, "run in the background (pid and log file in the data dir)")
 	f.IntVar(&cfg.passwordFD, "master-password-fd", 0, "read the master password from this file descriptor")
 	f.IntVar(&cfg.readyFD, "ready-fd", 0, "write the admin address to this file descriptor once ready")
@@ -142,6 +146,9 @@ func (cfg *serverConfig) validate() error {
 	}
 	if _, err := parseRetention(cfg.AuditRetention); err != nil {
 		return usagef("--audit-retention: %v", err)
+	}
+	if _, err := store.ParseAuditSync(cfg.AuditSync); err != nil {
+		return usagef("--audit-sync must be batch or always, not %q", cfg.AuditSync)
 	}
 	if cfg.AdminAddr == "" {
 		return usagef("--admin-addr must not be empty")

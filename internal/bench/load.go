@@ -124,14 +124,25 @@ type cpuUse struct {
 func (e *env) measureCPU(fn func()) cpuUse {
 	pid := e.srv.Pid()
 	b0, err1 := cpuTime(pid)
-	s0, err2 := cpuTime(os.Getpid())
+	s0, err2 := driverCPU(e.up.Pid())
 	fn()
 	b1, err3 := cpuTime(pid)
-	s1, err4 := cpuTime(os.Getpid())
+	s1, err4 := driverCPU(e.up.Pid())
 	if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
 		return cpuUse{}
 	}
 	return cpuUse{broker: b1 - b0, self: s1 - s0}
+}
+
+// driverCPU is the CPU time of the clients (this process) and the upstream
+// (its child) together.
+func driverCPU(upstream int) (time.Duration, error) {
+	a, err := cpuTime(os.Getpid())
+	if err != nil {
+		return 0, err
+	}
+	b, err := cpuTime(upstream)
+	return a + b, err
 }
 
 // compareSmall interleaves direct and brokered runs of small requests. Both

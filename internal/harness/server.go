@@ -34,9 +34,13 @@ type Server struct {
 	// server's admin address is reachable; both nil on the host.
 	Wrap []string
 	InNS func(fn func() error) error
-	cmd  *exec.Cmd
-	log  *SyncBuffer
-	done chan error
+	// LogFile, if set, receives the server's output as a file, the way
+	// `server -d` or journald take it, instead of a pipe this process
+	// must drain (which costs the benchmark driver a wake-up per line).
+	LogFile string
+	cmd     *exec.Cmd
+	log     *SyncBuffer
+	done    chan error
 }
 
 // FreePort returns a loopback TCP port that was free a moment ago.
@@ -72,6 +76,14 @@ func (s *Server) Start(ctx context.Context) error {
 	s.cmd.Env = append(s.baseEnv(), s.Env...)
 	s.log = &SyncBuffer{}
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if s.LogFile != "" {
+		f, err := os.OpenFile(s.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("start server: %w", err)
+		}
+		defer f.Close() // the child has its own copy
+		s.cmd.Stdout, s.cmd.Stderr = f, f
+	}
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
 		return fmt.Errorf("start server: %w", err)
@@ -83,7 +95,7 @@ func (s *Server) Start(ctx context.Context) error {
 		select {
 		case err := <-s.done:
 			s.done <- err
-			return fmt.Errorf("server exited before it was ready (%v): %s", err, s.log.String())
+			return fmt.Errorf("server exited before it was ready (%v): %s", err, s.Log())
 		case <-ctx.Done():
 			s.Kill()
 			return ctx.Err()
@@ -94,7 +106,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	s.Kill() // never leave a half-started server behind
-	return fmt.Errorf("server not ready within 60 s: %s", s.log.String())
+	return fmt.Errorf("server not ready within 60 s: %s", s.Log())
 }
 
 func (s *Server) baseEnv() []string {
@@ -134,7 +146,13 @@ func (s *Server) Kill() {
 }
 
 // Log returns everything the server printed.
-func (s *Server) Log() string { return s.log.String() }
+func (s *Server) Log() string {
+	if s.LogFile != "" {
+		b, _ := os.ReadFile(s.LogFile)
+		return string(b)
+	}
+	return s.log.String()
+}
 
 // CLIResult is one CLI run.
 type CLIResult struct {

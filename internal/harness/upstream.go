@@ -47,6 +47,12 @@ func StartUpstream(ca *TestCA, addr string, names ...string) (*Upstream, error) 
 	if err != nil {
 		return nil, err
 	}
+	return StartUpstreamCert(cert, addr)
+}
+
+// StartUpstreamCert serves on addr with the given certificate (for an
+// upstream in a process of its own, handed a certificate Issue made).
+func StartUpstreamCert(cert tls.Certificate, addr string) (*Upstream, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("upstream listen: %w", err)

@@ -1,0 +1,324 @@
+package mitm
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// h1Transport forwards a request over a pooled HTTP/1.1 upstream
+// connection in the calling goroutine: it writes the request and reads the
+// response itself, where net/http.Transport hands each request to a writer
+// goroutine and each response back from a reader goroutine. On the small
+// VMs this appliance runs on, each of those hand-offs wakes an idle vCPU
+// and costs more than parsing the request; for one request at a time they
+// were most of the broker's latency.
+//
+// It serves requests that arrive from the agent over HTTP/1.1 with no body
+// or a body of known length up to maxH1Body: the request is written whole,
+// then the response read, which a server that answers early without
+// reading a large body could stall. Everything else — HTTP/2 agents (gRPC
+// among them), chunked or large uploads — goes through net/http's
+// Transport, which writes and reads concurrently and speaks HTTP/2 to the
+// upstream. The wire format is net/http's own: Request.Write and
+// ReadResponse, with response headers limited to maxResponseHeader. A
+// connection goes back to the pool only after its response body was read
+// to the end and neither side asked to close; an idle connection is checked
+// for a close from the upstream (a non-blocking peek) before it is used
+// again, and a request without a body that meets a connection closed under
+// it is retried once on a fresh one.
+const (
+	maxH1Body         = 1 << 20 // larger or chunked request bodies take net/http's Transport
+	maxResponseHeader = 1 << 20 // as the Transport's MaxResponseHeaderBytes
+)
+
+// h1Eligible says whether the fast path takes req.
+func h1Eligible(req *http.Request) bool {
+	return req.Body == nil || req.Body == http.NoBody || (req.ContentLength >= 0 && req.ContentLength <= maxH1Body)
+}
+
+type h1Transport struct {
+	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
+	tlsConfig *tls.Config // cloned per connection with ServerName set
+	maxIdle   int         // per host:port
+	idleTime  time.Duration
+
+	mu   sync.Mutex
+	idle map[string][]*h1Conn // by scheme://host:port, newest last
+}
+
+type h1Conn struct {
+	key  string
+	raw  net.Conn // the TCP connection under TLS, for the liveness peek
+	c    net.Conn
+	lim  *headerLimit
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	used time.Time
+}
+
+// headerLimit bounds what a response's header may read from the
+// connection; it is lifted once the header is parsed.
+type headerLimit struct {
+	r    io.Reader
+	left int64
+}
+
+var errHeaderTooLarge = errors.New("the upstream's response header is larger than 1 MiB")
+
+func (l *headerLimit) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
+
+func newH1Transport(dial func(ctx context.Context, network, addr string) (net.Conn, error), cfg *tls.Config) *h1Transport {
+	return &h1Transport{dial: dial, tlsConfig: cfg, maxIdle: 256, idleTime: 90 * time.Second, idle: map[string][]*h1Conn{}}
+}
+
+func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	key := req.URL.Scheme + "://" + req.URL.Host
+	noBody := req.Body == nil || req.Body == http.NoBody
+	for attempt := 0; ; attempt++ {
+		pc, reused := t.get(key)
+		if pc == nil {
+			var err error
+			if pc, err = t.connect(req.Context(), req.URL.Scheme, req.URL.Host, key); err != nil {
+				return nil, err
+			}
+		}
+		resp, err := t.exchange(pc, req)
+		if err == nil {
+			return resp, nil
+		}
+		pc.c.Close()
+		// a pooled connection the upstream closed while idle: retry once
+		// on a fresh one, when nothing of the request is lost
+		if reused && noBody && attempt == 0 && req.Context().Err() == nil && isClosedConn(err) {
+			continue
+		}
+		return nil, err
+	}
+}
+
+// exchange writes req and reads its response on pc.
+func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, error) {
+	if d, ok := req.Context().Deadline(); ok {
+		pc.c.SetDeadline(d)
+	} else {
+		pc.c.SetDeadline(time.Time{})
+	}
+	stop := context.AfterFunc(req.Context(), func() { pc.c.SetDeadline(time.Unix(1, 0)) })
+	if err := req.Write(pc.bw); err != nil {
+		stop()
+		return nil, err
+	}
+	if err := pc.bw.Flush(); err != nil {
+		stop()
+		return nil, err
+	}
+	for {
+		pc.lim.left = maxResponseHeader
+		resp, err := http.ReadResponse(pc.br, req)
+		pc.lim.left = 1 << 62
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			resp.Body.Close()
+			continue // 100 Continue, 103 Early Hints: the final answer follows
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// the connection now belongs to the upgraded protocol
+			stop()
+			pc.c.SetDeadline(time.Time{})
+			resp.Body = &upgradedConn{Reader: pc.br, Conn: pc.c}
+			return resp, nil
+		}
+		reusable := !resp.Close && !req.Close
+		if resp.Body == http.NoBody {
+			stop()
+			if reusable {
+				t.put(pc)
+			} else {
+				pc.c.Close()
+			}
+			return resp, nil
+		}
+		resp.Body = &h1Body{rc: resp.Body, pc: pc, t: t, reusable: reusable, stop: stop}
+		return resp, nil
+	}
+}
+
+// h1Body returns its connection to the pool once read to the end.
+type h1Body struct {
+	rc       io.ReadCloser
+	pc       *h1Conn
+	t        *h1Transport
+	reusable bool
+	stop     func() bool
+	done     bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	} else if err != nil {
+		b.finish(false)
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if !b.done {
+		b.finish(false) // not read to the end: the connection cannot be reused
+	}
+	return nil
+}
+
+func (b *h1Body) finish(atEOF bool) {
+	b.done = true
+	b.stop()
+	b.rc.Close()
+	if atEOF && b.reusable {
+		b.t.put(b.pc)
+		return
+	}
+	b.pc.c.Close()
+}
+
+// upgradedConn is a 101 response's body: the raw connection, read through
+// the buffer that may already hold the first bytes of the new protocol.
+type upgradedConn struct {
+	io.Reader
+	net.Conn
+}
+
+func (u *upgradedConn) Read(p []byte) (int, error) { return u.Reader.Read(p) }
+
+func (t *h1Transport) connect(ctx context.Context, scheme, hostport, key string) (*h1Conn, error) {
+	raw, err := t.dial(ctx, "tcp", hostport)
+	if err != nil {
+		return nil, err
+	}
+	c := raw
+	if scheme == "https" {
+		host, _, _ := net.SplitHostPort(hostport)
+		cfg := t.tlsConfig.Clone()
+		cfg.ServerName = host
+		cfg.NextProtos = []string{"http/1.1"}
+		tc := tls.Client(raw, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, err
+		}
+		c = tc
+	}
+	lim := &headerLimit{r: c, left: 1 << 62}
+	return &h1Conn{key: key, raw: raw, c: c, lim: lim, br: bufio.NewReaderSize(lim, 4096), bw: bufio.NewWriterSize(c, 4096)}, nil
+}
+
+// get takes the newest idle connection for key that is still open.
+func (t *h1Transport) get(key string) (*h1Conn, bool) {
+	now := time.Now()
+	for {
+		t.mu.Lock()
+		list := t.idle[key]
+		if len(list) == 0 {
+			t.mu.Unlock()
+			return nil, false
+		}
+		pc := list[len(list)-1]
+		list[len(list)-1] = nil
+		t.idle[key] = list[:len(list)-1]
+		t.mu.Unlock()
+		if now.Sub(pc.used) < t.idleTime && pc.br.Buffered() == 0 && alive(pc.raw) {
+			return pc, true
+		}
+		pc.c.Close()
+	}
+}
+
+// put pools pc, and closes connections idle for longer than idleTime
+// (the oldest are first in the list).
+func (t *h1Transport) put(pc *h1Conn) {
+	pc.used = time.Now()
+	var stale []*h1Conn
+	t.mu.Lock()
+	list := t.idle[pc.key]
+	for len(list) > 0 && pc.used.Sub(list[0].used) > t.idleTime {
+		stale = append(stale, list[0])
+		list[0] = nil
+		list = list[1:]
+	}
+	if len(list) >= t.maxIdle {
+		stale = append(stale, pc)
+	} else {
+		list = append(list, pc)
+	}
+	t.idle[pc.key] = list
+	t.mu.Unlock()
+	for _, s := range stale {
+		s.c.Close()
+	}
+}
+
+// CloseIdleConnections closes every pooled connection.
+func (t *h1Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = map[string][]*h1Conn{}
+	t.mu.Unlock()
+	for _, list := range idle {
+		for _, pc := range list {
+			pc.c.Close()
+		}
+	}
+}
+
+// alive reports whether an idle connection is still open: a non-blocking
+// peek finds nothing to read (EAGAIN). Data or EOF on an idle HTTP/1.1
+// connection both mean it cannot carry another request.
+func alive(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok = false
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, rerr := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		ok = rerr == syscall.EAGAIN
+		return true // never wait
+	})
+	return err == nil && ok
+}
+
+// isClosedConn says a request failed because the connection was closed
+// under it before any response came.
+func isClosedConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
+}

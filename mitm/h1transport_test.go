@@ -1,0 +1,220 @@
+package mitm
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// rawUpstream is a TLS listener (with the env upstream's certificate) whose
+// connections are served by fn, for upstream behaviour net/http's server
+// would not produce. It counts connections.
+type rawUpstream struct {
+	port  int
+	conns atomic.Int32
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	open  []net.Conn
+}
+
+func startRawUpstream(t *testing.T, e *env, fn func(c net.Conn, br *bufio.Reader)) *rawUpstream {
+	t.Helper()
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: e.up.srv.TLS.Certificates, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &rawUpstream{port: l.Addr().(*net.TCPAddr).Port}
+	u.wg.Add(1)
+	go func() {
+		defer u.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			u.conns.Add(1)
+			u.mu.Lock()
+			u.open = append(u.open, c)
+			u.mu.Unlock()
+			u.wg.Add(1)
+			go func() {
+				defer u.wg.Done()
+				defer c.Close()
+				fn(c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		u.mu.Lock()
+		for _, c := range u.open { // the broker may still pool them
+			c.Close()
+		}
+		u.mu.Unlock()
+		u.wg.Wait()
+	})
+	return u
+}
+
+// serveKeepAlive answers every request on the connection with status and
+// body, keeping the connection open.
+func serveKeepAlive(c net.Conn, br *bufio.Reader, body string) {
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	}
+}
+
+func (e *env) getVia(t *testing.T, c *http.Client, port int, path string) (int, string) {
+	t.Helper()
+	resp, err := c.Get(fmt.Sprintf("https://api.example.test:%d%s", port, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// Sequential requests from an HTTP/1.1 agent share one pooled upstream
+// connection, and each still carries the credential.
+func TestH1TransportPoolsConnections(t *testing.T) {
+	e := newEnv(t)
+	var auth atomic.Value
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			auth.Store(req.Header.Get("Authorization"))
+			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	c := e.proxyClient(agentToken, false)
+	for i := range 20 {
+		if code, body := e.getVia(t, c, up.port, "/x"); code != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q", i, code, body)
+		}
+	}
+	if n := up.conns.Load(); n != 1 {
+		t.Fatalf("%d upstream connections for 20 sequential requests, want 1", n)
+	}
+	if auth.Load() != "Bearer "+sentinel {
+		t.Fatal("the credential was not injected on the pooled connection")
+	}
+}
+
+// An upstream that closes its side of an idle connection (keep-alive
+// timeout) costs nothing: the broker notices before reusing it.
+func TestH1TransportDropsConnectionsClosedWhileIdle(t *testing.T) {
+	e := newEnv(t)
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		// a keep-alive answer, then the server closes anyway
+		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	c := e.proxyClient(agentToken, false)
+	for i := range 5 {
+		if code, body := e.getVia(t, c, up.port, "/x"); code != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q", i, code, body)
+		}
+		time.Sleep(20 * time.Millisecond) // the close reaches the broker
+	}
+	if n := up.conns.Load(); n != 5 {
+		t.Fatalf("%d upstream connections, want 5 (one per request)", n)
+	}
+}
+
+// 100 Continue and 103 Early Hints precede the final answer; the agent
+// gets the final answer.
+func TestH1TransportSkipsInformationalResponses(t *testing.T) {
+	e := newEnv(t)
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		fmt.Fprint(c, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"+
+			"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone")
+	})
+	if code, body := e.getVia(t, e.proxyClient(agentToken, false), up.port, "/x"); code != 201 || body != "done" {
+		t.Fatalf("got %d %q, want 201 done", code, body)
+	}
+}
+
+// A response header beyond 1 MiB is refused (502), never buffered whole.
+func TestH1TransportLimitsResponseHeader(t *testing.T) {
+	e := newEnv(t)
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		fmt.Fprint(c, "HTTP/1.1 200 OK\r\n")
+		line := "X-Big: " + strings.Repeat("a", 8000) + "\r\n"
+		for range 200 { // 1.6 MB of header
+			if _, err := io.WriteString(c, line); err != nil {
+				return
+			}
+		}
+		fmt.Fprint(c, "Content-Length: 0\r\n\r\n")
+	})
+	if code, _ := e.getVia(t, e.proxyClient(agentToken, false), up.port, "/x"); code != http.StatusBadGateway {
+		t.Fatalf("got %d for a 1.6 MB response header, want 502", code)
+	}
+}
+
+// Request bodies: a known length rides the fast path, a chunked upload of
+// unknown length goes through net/http's Transport; both arrive whole.
+func TestH1TransportRequestBodies(t *testing.T) {
+	e := newEnv(t)
+	var mu sync.Mutex
+	var got []string
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			b, _ := io.ReadAll(req.Body)
+			mu.Lock()
+			got = append(got, fmt.Sprintf("%d:%s", req.ContentLength, b))
+			mu.Unlock()
+			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	c := e.proxyClient(agentToken, false)
+	url := fmt.Sprintf("https://api.example.test:%d/upload", up.port)
+	resp, err := c.Post(url, "text/plain", strings.NewReader("known"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	pr, pw := io.Pipe()
+	go func() { pw.Write([]byte("chunk")); pw.Write([]byte("ed")); pw.Close() }()
+	resp, err = c.Post(url, "text/plain", pr) // unknown length: chunked
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || got[0] != "5:known" || got[1] != "-1:chunked" {
+		t.Fatalf("upstream received %q", got)
+	}
+}
