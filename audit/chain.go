@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"time"
 )
 
 // Seal sets ev.PrevHash to prev and ev.Hash to the row's hash, and returns
@@ -13,9 +15,12 @@ import (
 func Seal(ev *Event, prev string) ([]byte, error) {
 	ev.PrevHash = prev
 	ev.Hash = ""
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return nil, fmt.Errorf("encode audit event: %w", err)
+	body, ok := appendPlain(make([]byte, 0, 512), ev)
+	if !ok {
+		var err error
+		if body, err = json.Marshal(ev); err != nil {
+			return nil, fmt.Errorf("encode audit event: %w", err)
+		}
 	}
 	ev.Hash = hashRow(prev, body)
 	// Hash is the last field and was encoded empty: splice the hash in
@@ -32,6 +37,86 @@ func Seal(ev *Event, prev string) ([]byte, error) {
 }
 
 var emptyHashTail = []byte(`"hash":""}`)
+
+// appendPlain encodes ev exactly as json.Marshal does, without reflection,
+// when every string in it is plain printable ASCII that JSON never escapes
+// (no quote, backslash, <, > or &); otherwise it reports false and Seal
+// uses json.Marshal. The hash is over these bytes, and the Verifier
+// re-encodes with json.Marshal, so the two must agree byte for byte
+// (TestAppendPlainMatchesMarshal).
+func appendPlain(b []byte, ev *Event) ([]byte, bool) {
+	if y := ev.Time.Year(); y < 0 || y > 9999 {
+		return nil, false
+	}
+	for _, s := range [...]string{ev.Actor.Kind.string(), ev.Actor.Name, ev.Vault, ev.Action, ev.Target, ev.Decision,
+		ev.Reason, ev.Service, ev.Credential, ev.Method, ev.Host, ev.Path, ev.PrevHash, ev.Hash} {
+		if !plain(s) {
+			return nil, false
+		}
+	}
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, ev.Seq, 10)
+	b = append(b, `,"time":"`...)
+	b = ev.Time.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","actor":{"kind":"`...)
+	b = append(b, ev.Actor.Kind...)
+	b = append(b, `","name":"`...)
+	b = append(b, ev.Actor.Name...)
+	b = append(b, `"}`...)
+	b = field(b, "vault", ev.Vault, true)
+	b = field(b, "action", ev.Action, false)
+	b = field(b, "target", ev.Target, true)
+	b = field(b, "decision", ev.Decision, true)
+	b = field(b, "reason", ev.Reason, true)
+	b = field(b, "service", ev.Service, true)
+	b = field(b, "credential", ev.Credential, true)
+	b = field(b, "method", ev.Method, true)
+	b = field(b, "host", ev.Host, true)
+	b = field(b, "path", ev.Path, true)
+	if ev.Status != 0 {
+		b = append(b, `,"status":`...)
+		b = strconv.AppendInt(b, int64(ev.Status), 10)
+	}
+	if ev.Bytes != 0 {
+		b = append(b, `,"bytes":`...)
+		b = strconv.AppendInt(b, ev.Bytes, 10)
+	}
+	if ev.Duration != 0 {
+		b = append(b, `,"duration_ns":`...)
+		b = strconv.AppendInt(b, int64(ev.Duration), 10)
+	}
+	if ev.Ref != 0 {
+		b = append(b, `,"ref":`...)
+		b = strconv.AppendUint(b, ev.Ref, 10)
+	}
+	b = field(b, "prev_hash", ev.PrevHash, false)
+	b = field(b, "hash", ev.Hash, false)
+	return append(b, '}'), true
+}
+
+func field(b []byte, name, v string, omitEmpty bool) []byte {
+	if omitEmpty && v == "" {
+		return b
+	}
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	b = append(b, `":"`...)
+	b = append(b, v...)
+	return append(b, '"')
+}
+
+// plain reports whether json.Marshal writes s unchanged between quotes.
+func plain(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}
+
+func (k ActorKind) string() string { return string(k) }
 
 func hashRow(prev string, body []byte) string {
 	h := sha256.New()

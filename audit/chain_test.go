@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -116,5 +117,52 @@ func BenchmarkSeal(b *testing.B) {
 		if _, err := Seal(ev, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// appendPlain must produce json.Marshal's bytes exactly whenever it takes
+// an event: the hash covers these bytes and the Verifier re-encodes with
+// json.Marshal.
+func TestAppendPlainMatchesMarshal(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	plainPieces := []string{"", "a", "api.example.com", "/v1/chat/completions", "GET", "allow", "agent-1",
+		"x y", "~!@#$%^*()_+-=[]{}|;':,./?"}
+	special := []string{"<", ">", "&", `"`, `\`, "\n", "\t", "\b", "\x00", "\x7f", "é", "\u2028", "\xff"}
+	pick := func() string {
+		s := plainPieces[r.IntN(len(plainPieces))] + plainPieces[r.IntN(len(plainPieces))]
+		if r.IntN(40) == 0 {
+			s += special[r.IntN(len(special))]
+		}
+		return s
+	}
+	plainSeen, fallbackSeen := 0, 0
+	for range 20000 {
+		ev := Event{
+			Seq:   r.Uint64N(1 << 40),
+			Time:  time.Unix(r.Int64N(4e9), r.Int64N(1e9)).UTC(),
+			Actor: Actor{Kind: ActorKind(pick()), Name: pick()},
+			Vault: pick(), Action: pick(), Target: pick(), Decision: pick(), Reason: pick(),
+			Service: pick(), Credential: pick(), Method: pick(), Host: pick(), Path: pick(),
+			PrevHash: pick(), Hash: pick(),
+		}
+		if r.IntN(2) == 0 {
+			ev.Status, ev.Bytes, ev.Duration, ev.Ref = r.IntN(600), r.Int64N(1<<40)-1<<39, time.Duration(r.Int64N(1e12)), r.Uint64N(1<<30)
+		}
+		want, err := json.Marshal(&ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := appendPlain(nil, &ev)
+		if !ok {
+			fallbackSeen++
+			continue
+		}
+		plainSeen++
+		if !bytes.Equal(got, want) {
+			t.Fatalf("appendPlain differs from json.Marshal:\n got %s\nwant %s", got, want)
+		}
+	}
+	if plainSeen < 1000 || fallbackSeen < 1000 {
+		t.Fatalf("cases not covered: %d plain, %d fallback", plainSeen, fallbackSeen)
 	}
 }

@@ -61,3 +61,13 @@ type Event struct {
 type Sink interface {
 	Append(ctx context.Context, ev *Event) error
 }
+
+// FollowUpSink is a Sink that can also record a follow-up row — the
+// completion of something whose first row is already recorded — without
+// waiting: the row is numbered and chained at once and reaches storage with
+// the rows after it. Losing it in a crash loses the completion, never the
+// record that the thing happened.
+type FollowUpSink interface {
+	Sink
+	AppendFollowUp(ev *Event) error
+}

@@ -81,11 +81,11 @@ func (b *Broker) vaultOf(agent string) string {
 	return ""
 }
 
-// auditComplete appends the completion row without holding up the response:
-// in a goroutine the broker tracks (Shutdown waits for it), retried three
-// times. When the broker is already shutting down, or Append is quick
-// (Config.AuditAppendIsQuick: a goroutine and its wake-up would cost more
-// than the append), it is written inline.
+// auditComplete appends the completion row without holding up the response.
+// A Sink that takes follow-up rows (audit.FollowUpSink, the store) records
+// it inline without waiting; otherwise it is appended in a goroutine the
+// broker tracks (Shutdown waits for it), retried three times, or inline
+// when the broker is already shutting down.
 func (b *Broker) auditComplete(ev audit.Event) {
 	write := func() {
 		var err error
@@ -100,9 +100,11 @@ func (b *Broker) auditComplete(ev audit.Event) {
 		}
 		b.log.Error("audit append failed for a request completion", "agent", ev.Actor.Name, "ref", ev.Ref, "err", err)
 	}
-	if b.cfg.AuditAppendIsQuick {
-		e := ev
-		if err := b.appendAudit(context.Background(), &e); err == nil {
+	if fs, ok := b.cfg.Audit.(audit.FollowUpSink); ok {
+		if ev.Time.IsZero() {
+			ev.Time = b.now()
+		}
+		if err := fs.AppendFollowUp(&ev); err == nil {
 			return
 		}
 	}

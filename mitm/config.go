@@ -87,11 +87,7 @@ type Config struct {
 	MaxHandshakes    int           // concurrent TLS handshakes, default 512
 	ResolveTTL       time.Duration // broker-side resolution cache, default 30 s
 	AuditTimeout     time.Duration // one audit append, default 5 s
-	// AuditAppendIsQuick says Audit.Append returns without waiting for a
-	// disk flush (the store's batch mode journals the row and returns).
-	// Completion rows are then appended in the handler; otherwise in a
-	// goroutine, so a slow flush never holds up the agent's response.
-	AuditAppendIsQuick bool
+
 }
 
 // Broker is the data path. Make one with New, feed it listeners with

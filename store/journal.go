@@ -126,11 +126,12 @@ type journal struct {
 	// change of foldErr or closed; waiters re-check their condition.
 	foldedCh chan struct{}
 
-	path    string
-	file    *os.File
-	size    int64
-	oldPath string // the rotated file, until its rows are committed
-	oldLast uint64 // the last row in it
+	path      string
+	file      *os.File
+	size      int64
+	unwritten []byte // lines of follow-up rows sealed but not yet written
+	oldPath   string // the rotated file, until its rows are committed
+	oldLast   uint64 // the last row in it
 
 	wake chan struct{} // pokes the folder (capacity 1)
 	stop chan struct{} // closed by Close
@@ -151,33 +152,91 @@ func (j *journal) broadcast() {
 }
 
 // seal numbers ev after the chain head, seals it and writes it to the
-// journal. Caller holds mu. The head moves only if the write succeeded.
+// journal, after any follow-up rows still waiting for a write (one
+// write(2) for all). Caller holds mu. The head moves only if the write
+// succeeded.
 func (j *journal) seal(ev *audit.Event) (journalRow, error) {
+	row, line, err := j.encode(ev)
+	if err != nil {
+		return journalRow{}, err
+	}
+	start := len(j.unwritten)
+	j.unwritten = append(j.unwritten, line...)
+	if err := j.flushUnwritten(); err != nil {
+		if j.broken == nil {
+			j.unwritten = j.unwritten[:start] // only this row failed; nothing else was waiting
+		}
+		return journalRow{}, err
+	}
+	j.advance(ev, row)
+	return row, nil
+}
+
+// sealLater seals ev like seal but leaves its line for the next write
+// (the next sealed row's, or the folder's before it commits). Caller holds
+// mu.
+func (j *journal) sealLater(ev *audit.Event) (journalRow, error) {
 	if j.broken != nil {
 		return journalRow{}, j.broken
+	}
+	row, line, err := j.encode(ev)
+	if err != nil {
+		return journalRow{}, err
+	}
+	j.unwritten = append(j.unwritten, line...)
+	j.advance(ev, row)
+	return row, nil
+}
+
+// encode seals a copy of ev as the row after the head, without moving it.
+func (j *journal) encode(ev *audit.Event) (journalRow, []byte, error) {
+	if j.broken != nil {
+		return journalRow{}, nil, j.broken
 	}
 	e := *ev
 	e.Seq = j.seq + 1
 	raw, err := audit.Seal(&e, j.hash)
 	if err != nil {
-		return journalRow{}, err
+		return journalRow{}, nil, err
 	}
-	line := append(raw, '\n')
-	if n, err := j.file.Write(line); err != nil {
-		err = fmt.Errorf("write audit journal %s: %w", j.path, err)
-		if n > 0 {
-			// never leave a torn line that later rows would follow
-			if terr := j.file.Truncate(j.size); terr != nil {
-				j.broken = fmt.Errorf("%w; and the torn row could not be removed: %v", err, terr)
-				return journalRow{}, j.broken
-			}
-		}
-		return journalRow{}, err
-	}
-	j.size += int64(len(line))
-	j.seq, j.hash = e.Seq, e.Hash
 	*ev = e
-	return journalRow{seq: e.Seq, raw: line[:len(raw)]}, nil
+	return journalRow{seq: e.Seq, raw: raw}, append(raw, '\n'), nil
+}
+
+func (j *journal) advance(ev *audit.Event, row journalRow) {
+	j.seq, j.hash = row.seq, ev.Hash
+}
+
+// flushUnwritten writes the lines waiting for a write. A failed write is
+// cut back off the file; if rows sealed earlier were among the lines (they
+// are chained already) or the cut fails, the journal is broken for good.
+// Caller holds mu.
+func (j *journal) flushUnwritten() error {
+	if len(j.unwritten) == 0 {
+		return nil
+	}
+	if j.broken != nil {
+		return j.broken
+	}
+	n, err := j.file.Write(j.unwritten)
+	if err == nil {
+		j.size += int64(n)
+		j.unwritten = j.unwritten[:0]
+		return nil
+	}
+	err = fmt.Errorf("write audit journal %s: %w", j.path, err)
+	if n > 0 {
+		// never leave a torn line that later rows would follow
+		if terr := j.file.Truncate(j.size); terr != nil {
+			j.broken = fmt.Errorf("%w; and the torn row could not be removed: %v", err, terr)
+			return j.broken
+		}
+	}
+	if bytes.Count(j.unwritten, []byte{'\n'}) > 1 {
+		j.broken = fmt.Errorf("%w (follow-up rows sealed earlier were in the failed write)", err)
+		return j.broken
+	}
+	return err
 }
 
 // Append records one event (audit.Sink): it seals it after the chain's last
@@ -237,8 +296,44 @@ func (s *Store) Append(ctx context.Context, ev *audit.Event) error {
 	return nil
 }
 
-// AuditSyncMode is the mode the store was opened with.
-func (s *Store) AuditSyncMode() AuditSync { return s.auditSync }
+// AppendFollowUp records a follow-up row (audit.FollowUpSink): the
+// completion of a request whose intent row is already recorded. The row is
+// sealed at once, in order, and fills in ev like Append; it reaches the
+// journal with the next row's write or before the next group commit,
+// whichever comes first, so it costs no write of its own and never waits,
+// in either sync mode. A crash of the process can lose it while it waits.
+func (s *Store) AppendFollowUp(ev *audit.Event) error {
+	if ev.Time.IsZero() {
+		ev.Time = s.now()
+	}
+	ev.Time = ev.Time.UTC()
+	j := &s.jr
+	j.mu.Lock()
+	switch {
+	case j.closed:
+		j.mu.Unlock()
+		return fmt.Errorf("append audit event: %w", ErrClosed)
+	case j.foldErr != nil:
+		err := j.foldErr
+		j.mu.Unlock()
+		return fmt.Errorf("append audit event: the audit log cannot be committed: %w", err)
+	}
+	row, err := j.sealLater(ev)
+	if err != nil {
+		j.mu.Unlock()
+		return fmt.Errorf("append audit event: %w", err)
+	}
+	j.pending = append(j.pending, row)
+	first := len(j.pending) == 1
+	j.mu.Unlock()
+	if first {
+		select {
+		case j.wake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
 
 // waitFolded waits until row seq is committed to bbolt.
 func (s *Store) waitFolded(ctx context.Context, seq uint64) error {
@@ -325,6 +420,9 @@ func (s *Store) foldOnce() int {
 	var rows []journalRow
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		j.mu.Lock()
+		if err := j.flushUnwritten(); err != nil {
+			s.log.Error("audit journal not written", "err", err)
+		}
 		rows, j.pending, j.spare = j.pending, j.spare[:0], nil
 		j.mu.Unlock()
 		if len(rows) == 0 {

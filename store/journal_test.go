@@ -45,12 +45,25 @@ func journalChild(path string) {
 	go s.db.Update(func(*bolt.Tx) error { close(locked); select {} })
 	<-locked
 	for i := range 50 {
+		// every other row is a follow-up: it is written with the next row
 		ev := &audit.Event{Actor: agentActor("bot"), Action: "request", Target: fmt.Sprint(i)}
-		if err := s.Append(context.Background(), ev); err != nil {
+		var err error
+		if i%2 == 1 {
+			ev.Action = "request.complete"
+			err = s.AppendFollowUp(ev)
+		} else {
+			err = s.Append(context.Background(), ev)
+		}
+		if err != nil {
 			fmt.Println("append:", err)
 			os.Exit(2)
 		}
 		fmt.Printf("row %d %s\n", ev.Seq, ev.Hash)
+	}
+	// the last follow-up reaches the journal with a later row
+	if err := s.Append(context.Background(), &audit.Event{Actor: audit.System, Action: "x"}); err != nil {
+		fmt.Println("append:", err)
+		os.Exit(2)
 	}
 	fmt.Println("ready")
 	select {}
@@ -102,6 +115,7 @@ func TestJournalSurvivesKill(t *testing.T) {
 	if len(rows) != 50 {
 		t.Fatalf("child journaled %d rows", len(rows))
 	}
+	// 50 rows (half of them follow-ups) and the one after them
 	if committed := rawRows(t, path); len(committed) != 1 {
 		t.Fatalf("%d rows in bbolt before the replay, want only store.create: the test must crash before any commit", len(committed))
 	}
@@ -109,8 +123,8 @@ func TestJournalSurvivesKill(t *testing.T) {
 	opt := testOptions()
 	opt.Logger = newTextLogger(logs)
 	s := openTest(t, path, opt)
-	if n, err := s.AuditVerify(); err != nil || n != 51 {
-		t.Fatalf("verify after the crash = %d, %v; want 51 rows", n, err)
+	if n, err := s.AuditVerify(); err != nil || n != 52 {
+		t.Fatalf("verify after the crash = %d, %v; want 52 rows", n, err)
 	}
 	got, _, err := s.AuditList(AuditQuery{Agent: "bot", Limit: 1000})
 	if err != nil || len(got) != 50 {
@@ -126,7 +140,7 @@ func TestJournalSurvivesKill(t *testing.T) {
 	}
 	// the chain continues after the replayed rows
 	ev := &audit.Event{Actor: audit.System, Action: "x"}
-	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 52 {
+	if err := s.Append(context.Background(), ev); err != nil || ev.Seq != 53 {
 		t.Fatalf("append after replay: seq %d, %v", ev.Seq, err)
 	}
 }
@@ -143,15 +157,15 @@ func TestJournalTornTail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WriteString(`{"seq":51,"time":"2026-`); err != nil {
+	if _, err := f.WriteString(`{"seq":53,"time":"2026-`); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
 	s := openTest(t, path, testOptions())
-	if n, err := s.AuditVerify(); err != nil || n != 51 {
-		t.Fatalf("verify = %d, %v; want the 50 whole rows after store.create", n, err)
+	if n, err := s.AuditVerify(); err != nil || n != 52 {
+		t.Fatalf("verify = %d, %v; want the 51 whole rows after store.create", n, err)
 	}
-	if got, _, _ := s.AuditList(AuditQuery{Limit: 1}); len(got) != 1 || got[0].Hash != rows[51] {
+	if got, _, _ := s.AuditList(AuditQuery{Action: "request.complete", Limit: 1}); len(got) != 1 || got[0].Hash != rows[51] {
 		t.Fatalf("last row %+v, want the child's last whole row", got)
 	}
 	aside, _ := filepath.Glob(jpath + ".damaged-*")

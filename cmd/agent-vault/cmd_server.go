@@ -195,7 +195,19 @@ func (a *app) runServer(cmd *cobra.Command, cfg *serverConfig) error {
 			}
 		}
 	}
-	return run(cmd.Context(), *cfg, a.newLogger(cfg.LogFormat))
+	buf := newLogBuffer(a.stderr)
+	defer buf.Close()
+	return run(cmd.Context(), *cfg, a.bufferedLogger(cfg.LogFormat, buf))
+}
+
+// bufferedLogger is the server's logger: lines go through buf (logbuf.go).
+func (a *app) bufferedLogger(format string, buf *logBuffer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	var h slog.Handler = slog.NewTextHandler(buf, opts)
+	if format == "json" {
+		h = slog.NewJSONHandler(buf, opts)
+	}
+	return slog.New(urgentHandler{h, buf})
 }
 
 // resolvePassword finds the master password: --master-password-fd (the

@@ -275,7 +275,6 @@ func newBroker(cfg *serverConfig, authority *ca.Authority, st *store.Store, root
 		CA:                    authority,
 		Secrets:               st,
 		Audit:                 st,
-		AuditAppendIsQuick:    st.AuditSyncMode() == store.AuditSyncBatch,
 		Origin:                origin,
 		UpstreamDNS:           upstream,
 		DestinationAllowed:    pins.Pinned, // the DNS proxy's pins for (agent, name)
