@@ -47,7 +47,16 @@ func (s *sample) add(o sample) {
 
 // client builds an HTTP client that reaches the upstream either directly or
 // through the broker's explicit proxy.
-func (e *env) client(viaBroker, h2, fresh bool, conc int) *http.Client {
+// route is the way a client reaches the upstream.
+type route int
+
+const (
+	routeDirect  route = iota
+	routeBroker        // through agent-vault's explicit proxy
+	routeMinimal       // through the reference minimal MITM (-reference)
+)
+
+func (e *env) client(r route, h2, fresh bool, conc int) *http.Client {
 	tr := &http.Transport{
 		MaxIdleConns:        conc * 2,
 		MaxIdleConnsPerHost: conc * 2,
@@ -58,12 +67,18 @@ func (e *env) client(viaBroker, h2, fresh bool, conc int) *http.Client {
 	if !h2 {
 		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	}
-	if viaBroker {
+	switch r {
+	case routeBroker:
 		roots := x509.NewCertPool()
 		roots.AppendCertsFromPEM(e.brokerCA)
 		tr.TLSClientConfig = &tls.Config{RootCAs: roots}
 		tr.Proxy = http.ProxyURL(&url.URL{Scheme: "http", User: url.UserPassword("agent", e.token), Host: e.srv.ProxyAddr})
-	} else {
+	case routeMinimal:
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(e.minimal.caPEM)
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots}
+		tr.Proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: e.minimal.Addr})
+	default:
 		tr.TLSClientConfig = &tls.Config{RootCAs: e.ca.Pool()}
 		var d net.Dialer
 		tr.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
@@ -147,9 +162,9 @@ func driverCPU(upstream int) (time.Duration, error) {
 
 // compareSmall interleaves direct and brokered runs of small requests. Both
 // clients have the same transport settings; only the route differs.
-func (e *env) compareSmall(name string, conc int, h2, fresh bool, round time.Duration, rounds int) (broker, direct sample, bcpu, dcpu cpuUse, err error) {
-	bc := e.client(true, h2, fresh, conc)
-	dc := e.client(false, h2, fresh, conc)
+func (e *env) compareSmall(name string, via route, conc int, h2, fresh bool, round time.Duration, rounds int) (broker, direct sample, bcpu, dcpu cpuUse, err error) {
+	bc := e.client(via, h2, fresh, conc)
+	dc := e.client(routeDirect, h2, fresh, conc)
 	defer bc.CloseIdleConnections()
 	defer dc.CloseIdleConnections()
 	// warm both paths (connections, leaf certificate, DNS, the broker's
@@ -166,7 +181,9 @@ func (e *env) compareSmall(name string, conc int, h2, fresh bool, round time.Dur
 		bcpu.broker += c.broker
 		bcpu.self += c.self
 	}
-	e.prof.around(name, func() int64 { return load(bc, e.url("/small"), conc, round).n })
+	if via == routeBroker {
+		e.prof.around(name, func() int64 { return load(bc, e.url("/small"), conc, round).n })
+	}
 	if broker.failures > broker.n/100 || direct.failures > direct.n/100 {
 		return broker, direct, bcpu, dcpu, fmt.Errorf("too many failures: broker %d of %d, direct %d of %d",
 			broker.failures, broker.n+broker.failures, direct.failures, direct.n+direct.failures)
@@ -179,8 +196,8 @@ func (e *env) compareSmall(name string, conc int, h2, fresh bool, round time.Dur
 
 // compareStream downloads size bytes n times each way and returns MiB/s.
 func (e *env) compareStream(size int64, n int) (broker, direct float64, err error) {
-	bc := e.client(true, false, false, 1)
-	dc := e.client(false, false, false, 1)
+	bc := e.client(routeBroker, false, false, 1)
+	dc := e.client(routeDirect, false, false, 1)
 	get := func(c *http.Client) (time.Duration, error) {
 		t0 := time.Now()
 		resp, err := c.Get(e.url("/bytes?n=" + strconv.FormatInt(size, 10)))

@@ -41,6 +41,9 @@ func main() {
 	if len(os.Args) == 4 && os.Args[1] == upstreamChildFlag {
 		runUpstreamChild(os.Args[2], os.Args[3])
 	}
+	if len(os.Args) == 6 && os.Args[1] == minimalChildFlag {
+		runMinimalChild(os.Args[2], os.Args[3], os.Args[4], os.Args[5])
+	}
 	bin := flag.String("bin", "bin/agent-vault", "the agent-vault binary")
 	quick := flag.Bool("quick", false, "shorter runs (≤ 60 s in all)")
 	only := flag.String("only", "", "comma-separated cases to run (default all)")
@@ -48,6 +51,7 @@ func main() {
 	prof := flag.String("perf", "", "directory: record the broker with perf(1) during one extra broker-only round per load case")
 	events := flag.String("perf-stat", "", "perf events to count per request in one extra broker-only round per load case (e.g. syscalls:sys_enter_fdatasync)")
 	cpuprof := flag.String("cpuprofile", "", "write this driver's own CPU profile (clients, upstream) to a file")
+	reference := flag.Bool("reference", false, "also measure a minimal Go MITM (no policy, audit, injection or scrubbing) in the broker's place: cases ref_minimal_*")
 	flag.Parse()
 	if *cpuprof != "" {
 		f, err := os.Create(*cpuprof)
@@ -56,14 +60,14 @@ func main() {
 			defer pprof.StopCPUProfile()
 		}
 	}
-	if err := run(*bin, *quick, *only, *out, &profiler{dir: *prof, events: *events}); err != nil {
+	if err := run(*bin, *quick, *reference, *only, *out, &profiler{dir: *prof, events: *events}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench failed:", err)
 		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
 
-func run(bin string, quick bool, only, outDir string, prof *profiler) error {
+func run(bin string, quick, reference bool, only, outDir string, prof *profiler) error {
 	bin, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -114,7 +118,7 @@ func run(bin string, quick bool, only, outDir string, prof *profiler) error {
 		if !want(c.name) {
 			continue
 		}
-		b, d, bcpu, dcpu, err := env.compareSmall(c.name, c.conc, c.h2, c.fresh, round, rounds)
+		b, d, bcpu, dcpu, err := env.compareSmall(c.name, routeBroker, c.conc, c.h2, c.fresh, round, rounds)
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
@@ -128,6 +132,27 @@ func run(bin string, quick bool, only, outDir string, prof *profiler) error {
 		if !c.fresh {
 			emit(result{Case: c.name + "_p50", Broker: ms(b.quantile(0.50)), Direct: ms(d.quantile(0.50)), Unit: "ms"})
 			emit(result{Case: c.name + "_p99", Broker: ms(b.quantile(0.99)), Direct: ms(d.quantile(0.99)), Unit: "ms"})
+		}
+	}
+	if reference {
+		m, err := startMinimal(dir, filepath.Join(dir, "upstream-ca.pem"), env.up.Addr)
+		if err != nil {
+			return err
+		}
+		env.minimal = m
+		defer m.Close()
+		for _, c := range []struct {
+			name string
+			conc int
+		}{{"ref_minimal_c1", 1}, {"ref_minimal_c16", 16}, {"ref_minimal_c64", 64}} {
+			if !want(c.name) {
+				continue
+			}
+			b, d, _, _, err := env.compareSmall(c.name, routeMinimal, c.conc, false, false, round, rounds)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			emit(result{Case: c.name, Broker: b.rps(), Direct: d.rps(), Unit: "req/s"})
 		}
 	}
 	if want("stream_64MiB") {
@@ -187,6 +212,7 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 type env struct {
 	srv      *harness.Server
 	up       *upstreamProc
+	minimal  *minimalProc // with -reference
 	dns      *harness.DNSServer
 	ca       *harness.TestCA
 	token    string
