@@ -54,10 +54,12 @@ type Event struct {
 	Hash       string        `json:"hash"`
 }
 
-// Sink records events durably. Append returns only once the event is
-// committed (fsynced with its batch); it fills in Seq, Time (if zero),
-// PrevHash and Hash. An error means the event was not recorded, and a caller
-// on the data path must then fail closed.
+// Sink records events. Append returns only once the event is recorded as
+// durably as the Sink promises (the store: written to its journal, so a
+// crash of the process loses nothing, and fsynced with the next group
+// commit; or, with --audit-sync always, fsynced before Append returns); it
+// fills in Seq, Time (if zero), PrevHash and Hash. An error means the event
+// may not be recorded, and a caller on the data path must then fail closed.
 type Sink interface {
 	Append(ctx context.Context, ev *Event) error
 }

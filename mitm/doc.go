@@ -12,10 +12,16 @@
 // them arrives through small interfaces and functions in Config (Secrets,
 // audit.Sink, Origin, Resolve, DestinationAllowed, DialControl) that cmd wires.
 //
-// Upstream connections are pooled by one shared http.Transport keyed by
-// scheme and "name:port" (the bound name sits in URL.Host and becomes the
-// TLS ServerName), so a connection opened for one name is never reused for
-// another. The dial itself takes the addresses validated for the request
+// Upstream connections are pooled keyed by scheme and "name:port" (the
+// bound name sits in URL.Host and becomes the TLS ServerName), so a
+// connection opened for one name is never reused for another. Requests from
+// HTTP/1.1 agents without a body or with a body of known length up to 1 MiB
+// take h1Transport, which writes the request and reads the response in the
+// handler's goroutine on a pooled HTTP/1.1 connection (net/http's Transport
+// hands each request through two more goroutines, and on small VMs each
+// hand-off wakes an idle vCPU: see h1transport.go); everything else — HTTP/2
+// agents, gRPC, chunked or large uploads — takes one shared http.Transport,
+// which speaks HTTP/2 upstream where offered. The dial itself takes the addresses validated for the request
 // (the transparent connection's original destination, or the broker's own
 // resolution for CONNECT); two agents whose validated addresses for the same
 // name differ may share a pooled, certificate-verified connection to either.
@@ -33,10 +39,14 @@
 // are cached by a digest of the injected values and dropped on every policy
 // swap.
 //
-// Completion audit rows ("request.complete") are appended asynchronously
-// after the response has been streamed, so the response never waits on the
-// audit store; they are retried a few times, and Shutdown waits for every one
-// of them. WebSocket traffic after the 101 upgrade is relayed as opaque bytes:
+// Responses of known length go to the agent in one write when the upstream
+// is done (ReverseProxy's FlushInterval 0: event streams and bodies of
+// unknown length are still flushed as they arrive), and the response is
+// flushed before the completion row and the log line are written.
+// Completion audit rows ("request.complete") never hold up the response:
+// a Sink that takes follow-up rows (audit.FollowUpSink, the store) records
+// them inline without waiting; any other Sink gets them from a goroutine,
+// retried a few times, and Shutdown waits for every one of them. WebSocket traffic after the 101 upgrade is relayed as opaque bytes:
 // its frames are not scrubbed in either direction (the upgrade response's
 // headers are).
 //

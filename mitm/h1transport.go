@@ -30,14 +30,21 @@ import (
 // upstream. The wire format is net/http's own: Request.Write and
 // ReadResponse, with response headers limited to maxResponseHeader. A
 // connection goes back to the pool only after its response body was read
-// to the end and neither side asked to close; an idle connection is checked
-// for a close from the upstream (a non-blocking peek) before it is used
-// again, and a request without a body that meets a connection closed under
-// it is retried once on a fresh one.
+// to the end and neither side asked to close; a connection idle for a
+// second or more is checked for a close from the upstream (a non-blocking
+// peek) before it is used again, and a request without a body that meets a
+// connection closed under it is retried once on a fresh one.
 const (
 	maxH1Body         = 1 << 20 // larger or chunked request bodies take net/http's Transport
 	maxResponseHeader = 1 << 20 // as the Transport's MaxResponseHeaderBytes
 )
+
+// peekAfter: a connection idle for less than this is reused without the
+// liveness peek. Servers close keep-alive connections after seconds of
+// idleness, not milliseconds, and say "Connection: close" when they end
+// one for other reasons; a request without a body that still meets a
+// closed connection is retried.
+var peekAfter = time.Second // a test sets it to 0
 
 // h1Eligible says whether the fast path takes req.
 func h1Eligible(req *http.Request) bool {
@@ -250,7 +257,8 @@ func (t *h1Transport) get(key string) (*h1Conn, bool) {
 		list[len(list)-1] = nil
 		t.idle[key] = list[:len(list)-1]
 		t.mu.Unlock()
-		if now.Sub(pc.used) < t.idleTime && pc.br.Buffered() == 0 && alive(pc.raw) {
+		idle := now.Sub(pc.used)
+		if idle < t.idleTime && pc.br.Buffered() == 0 && (idle < peekAfter || alive(pc.raw)) {
 			return pc, true
 		}
 		pc.c.Close()

@@ -118,27 +118,39 @@ func TestH1TransportPoolsConnections(t *testing.T) {
 }
 
 // An upstream that closes its side of an idle connection (keep-alive
-// timeout) costs nothing: the broker notices before reusing it.
+// timeout) costs nothing: the broker notices before reusing it (the peek,
+// for connections idle a while) or retries a request without a body on a
+// fresh connection (for connections idle a moment).
 func TestH1TransportDropsConnectionsClosedWhileIdle(t *testing.T) {
-	e := newEnv(t)
-	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			return
-		}
-		io.Copy(io.Discard, req.Body)
-		// a keep-alive answer, then the server closes anyway
-		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-	})
-	c := e.proxyClient(agentToken, false)
-	for i := range 5 {
-		if code, body := e.getVia(t, c, up.port, "/x"); code != 200 || body != "ok" {
-			t.Fatalf("request %d: %d %q", i, code, body)
-		}
-		time.Sleep(20 * time.Millisecond) // the close reaches the broker
-	}
-	if n := up.conns.Load(); n != 5 {
-		t.Fatalf("%d upstream connections, want 5 (one per request)", n)
+	for _, tc := range []struct {
+		name string
+		peek time.Duration
+	}{{"peek", 0}, {"retry", time.Hour}} {
+		t.Run(tc.name, func(t *testing.T) {
+			old := peekAfter
+			peekAfter = tc.peek
+			t.Cleanup(func() { peekAfter = old })
+			e := newEnv(t)
+			up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, req.Body)
+				// a keep-alive answer, then the server closes anyway
+				fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			})
+			c := e.proxyClient(agentToken, false)
+			for i := range 5 {
+				if code, body := e.getVia(t, c, up.port, "/x"); code != 200 || body != "ok" {
+					t.Fatalf("request %d: %d %q", i, code, body)
+				}
+				time.Sleep(20 * time.Millisecond) // the close reaches the broker
+			}
+			if n := up.conns.Load(); n != 5 {
+				t.Fatalf("%d upstream connections, want 5 (one per request)", n)
+			}
+		})
 	}
 }
 

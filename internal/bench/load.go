@@ -195,8 +195,8 @@ func (e *env) compareSmall(name string, via route, conc int, h2, fresh bool, rou
 }
 
 // compareStream downloads size bytes n times each way and returns MiB/s.
-func (e *env) compareStream(size int64, n int) (broker, direct float64, err error) {
-	bc := e.client(routeBroker, false, false, 1)
+func (e *env) compareStream(via route, size int64, n int) (broker, direct float64, err error) {
+	bc := e.client(via, false, false, 1)
 	dc := e.client(routeDirect, false, false, 1)
 	get := func(c *http.Client) (time.Duration, error) {
 		t0 := time.Now()

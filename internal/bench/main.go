@@ -154,13 +154,20 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 			}
 			emit(result{Case: c.name, Broker: b.rps(), Direct: d.rps(), Unit: "req/s"})
 		}
+		if want("ref_minimal_stream_64MiB") {
+			b, d, err := env.compareStream(routeMinimal, 64<<20, 2)
+			if err != nil {
+				return fmt.Errorf("ref_minimal_stream_64MiB: %w", err)
+			}
+			emit(result{Case: "ref_minimal_stream_64MiB", Broker: b, Direct: d, Unit: "MiB/s"})
+		}
 	}
 	if want("stream_64MiB") {
 		n := 3
 		if quick {
 			n = 2
 		}
-		b, d, err := env.compareStream(64<<20, n)
+		b, d, err := env.compareStream(routeBroker, 64<<20, n)
 		if err != nil {
 			return fmt.Errorf("stream_64MiB: %w", err)
 		}
