@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -377,6 +378,7 @@ func (s *Store) foldLoop() {
 	defer close(j.done)
 	delay := time.NewTimer(time.Hour)
 	delay.Stop()
+	last := 0 // rows in the last commit
 	for {
 		select {
 		case <-j.wake:
@@ -393,8 +395,22 @@ func (s *Store) foldLoop() {
 			case <-j.stop:
 				delay.Stop()
 			}
+		} else if last > 1 {
+			// The callers of the last commit are waking up to append
+			// again: let them run first while the queue still grows (a
+			// few yields at most), so they share this commit rather than
+			// each wait for the next. A lone caller skips this.
+			for range 4 {
+				n := s.pendingLen()
+				runtime.Gosched()
+				if s.pendingLen() == n {
+					break
+				}
+			}
 		}
-		for s.foldOnce() < 0 {
+		n := s.foldOnce()
+		last = n
+		for ; n < 0; n = s.foldOnce() {
 			select { // a failing disk: retry, but let Close end the wait
 			case <-time.After(foldRetry):
 			case <-j.stop:
@@ -408,7 +424,14 @@ func (s *Store) foldLoop() {
 				return
 			}
 		}
+		last = n
 	}
+}
+
+func (s *Store) pendingLen() int {
+	s.jr.mu.Lock()
+	defer s.jr.mu.Unlock()
+	return len(s.jr.pending)
 }
 
 var errNothingToFold = errors.New("nothing to fold")
