@@ -39,7 +39,7 @@ import (
 //   - AuditSyncBatch (the default): the row is in the kernel (write(2) to the
 //     journal) before Append returns, so a crash of the process — kill -9, a
 //     panic, the OOM killer — loses nothing; the row reaches stable storage
-//     with the next group commit, which starts at most foldWindow (2 ms)
+//     with the next group commit, which starts at most foldWindow (10 ms)
 //     after the row. Only a kernel crash or power loss inside that window
 //     can lose rows.
 //   - AuditSyncAlways: Append also waits for the fsynced commit that holds
@@ -95,9 +95,11 @@ const (
 	// foldWindow is how long, in batch mode, the folder lets rows gather
 	// after the first one arrives before it commits them. Waking the
 	// folder and flushing the disk for every request cost more than the
-	// request itself; the window bounds how long a row waits in the
-	// journal for its fsync (plus the commit's own duration).
-	foldWindow = 2 * time.Millisecond
+	// request itself: at 16 requests in flight a 2 ms window measured
+	// 0.29 of direct throughput, 5-20 ms 0.31. The window bounds how long
+	// a row waits in the journal for its fsync (plus the commit's own
+	// duration); PostgreSQL's asynchronous commit waits up to 200 ms.
+	foldWindow = 10 * time.Millisecond
 )
 
 // rotateSize is the journal size at which the folder starts a new file;
