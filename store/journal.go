@@ -136,9 +136,10 @@ type journal struct {
 	oldPath   string // the rotated file, until its rows are committed
 	oldLast   uint64 // the last row in it
 
-	wake chan struct{} // pokes the folder (capacity 1)
-	stop chan struct{} // closed by Close
-	done chan struct{} // closed when the folder has exited
+	wake   chan struct{} // pokes the folder (capacity 1)
+	urgent chan struct{} // ends the batch window early (capacity 1)
+	stop   chan struct{} // closed by Close
+	done   chan struct{} // closed when the folder has exited
 
 	// txRows are the rows appendTx put into the open write transaction,
 	// queued rows and its own; they go back to the queue if it does not
@@ -367,8 +368,15 @@ func (s *Store) waitFolded(ctx context.Context, seq uint64) error {
 func (s *Store) syncAudit() {
 	j := &s.jr
 	j.mu.Lock()
-	target := j.seq
+	target, done := j.seq, j.folded >= j.seq
 	j.mu.Unlock()
+	if done {
+		return
+	}
+	select {
+	case j.urgent <- struct{}{}:
+	default:
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = s.waitFolded(ctx, target)
@@ -394,6 +402,8 @@ func (s *Store) foldLoop() {
 			delay.Reset(foldWindow)
 			select {
 			case <-delay.C:
+			case <-j.urgent: // a reader waits for these rows
+				delay.Stop()
 			case <-j.stop:
 				delay.Stop()
 			}
@@ -634,6 +644,7 @@ func (s *Store) openJournal(fresh bool) error {
 	j.path = journalPath(s.path)
 	j.foldedCh = make(chan struct{})
 	j.wake = make(chan struct{}, 1)
+	j.urgent = make(chan struct{}, 1)
 	j.stop = make(chan struct{})
 	j.done = make(chan struct{})
 	files := []string{j.path + ".1", j.path}
