@@ -35,8 +35,9 @@ import (
 // peek) before it is used again, and a request without a body that meets a
 // connection closed under it is retried once on a fresh one.
 const (
-	maxH1Body         = 1 << 20 // larger or chunked request bodies take net/http's Transport
-	maxResponseHeader = 1 << 20 // as the Transport's MaxResponseHeaderBytes
+	maxH1Body         = 1 << 20          // larger or chunked request bodies take net/http's Transport
+	maxResponseHeader = 1 << 20          // as the Transport's MaxResponseHeaderBytes
+	handshakeTimeout  = 10 * time.Second // as the Transport's TLSHandshakeTimeout
 )
 
 // peekAfter: a connection idle for less than this is reused without the
@@ -233,7 +234,10 @@ func (t *h1Transport) connect(ctx context.Context, scheme, hostport, key string)
 		cfg.ServerName = host
 		cfg.NextProtos = []string{"http/1.1"}
 		tc := tls.Client(raw, cfg)
-		if err := tc.HandshakeContext(ctx); err != nil {
+		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
 			raw.Close()
 			return nil, err
 		}
