@@ -211,6 +211,13 @@ func (e *env) compareStream(via route, size int64, n int) (broker, direct float6
 		}
 		return time.Since(t0), nil
 	}
+	// warm both routes (connections, leaf, the broker's upstream pool) as
+	// the small cases do, so neither measures its ramp-up
+	for _, c := range []*http.Client{dc, bc} {
+		if _, err := get(c); err != nil {
+			return 0, 0, fmt.Errorf("warm-up: %w", err)
+		}
+	}
 	var bt, dt time.Duration
 	for i := 0; i < n; i++ {
 		d, err := get(dc)

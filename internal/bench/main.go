@@ -155,7 +155,7 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 			emit(result{Case: c.name, Broker: b.rps(), Direct: d.rps(), Unit: "req/s"})
 		}
 		if want("ref_minimal_stream_64MiB") {
-			b, d, err := env.compareStream(routeMinimal, 64<<20, 2)
+			b, d, err := env.compareStream(routeMinimal, 64<<20, 5)
 			if err != nil {
 				return fmt.Errorf("ref_minimal_stream_64MiB: %w", err)
 			}
@@ -163,9 +163,9 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 		}
 	}
 	if want("stream_64MiB") {
-		n := 3
+		n := 5
 		if quick {
-			n = 2
+			n = 3
 		}
 		b, d, err := env.compareStream(routeBroker, 64<<20, n)
 		if err != nil {
