@@ -13,6 +13,39 @@ import (
 	"time"
 )
 
+const (
+	maxH1Body         = 1 << 20          // larger or chunked request bodies take net/http's Transport
+	maxResponseHeader = 1 << 20          // as the Transport's MaxResponseHeaderBytes
+	handshakeTimeout  = 10 * time.Second // as the Transport's TLSHandshakeTimeout
+	maxInformational  = 5                // 1xx responses before the final one, as the Transport allows
+)
+
+var errTooManyInformational = errors.New("the upstream sent too many 1xx responses")
+
+// idempotent says whether req may be sent again after a connection failed
+// under it: the methods RFC 9110 calls idempotent, or a request that
+// carries an idempotency key (the rule net/http's Transport follows).
+func idempotent(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return req.Header.Get("Idempotency-Key") != "" || req.Header.Get("X-Idempotency-Key") != ""
+}
+
+// peekAfter: a connection idle for less than this is reused for a
+// replayable request (idempotent, no body) without the liveness peek.
+// Servers close keep-alive connections after seconds of idleness, not
+// milliseconds, and say "Connection: close" when they end one for other
+// reasons; a replayable request that still meets a closed connection is
+// retried. Any other request always gets the peek.
+var peekAfter = time.Second // a test sets it to 0
+
+// h1Eligible says whether the fast path takes req.
+func h1Eligible(req *http.Request) bool {
+	return req.Body == nil || req.Body == http.NoBody || (req.ContentLength >= 0 && req.ContentLength <= maxH1Body)
+}
+
 // h1Transport forwards a request over a pooled HTTP/1.1 upstream
 // connection in the calling goroutine: it writes the request and reads the
 // response itself, where net/http.Transport hands each request to a writer
@@ -30,28 +63,11 @@ import (
 // upstream. The wire format is net/http's own: Request.Write and
 // ReadResponse, with response headers limited to maxResponseHeader. A
 // connection goes back to the pool only after its response body was read
-// to the end and neither side asked to close; a connection idle for a
-// second or more is checked for a close from the upstream (a non-blocking
-// peek) before it is used again, and a request without a body that meets a
-// connection closed under it is retried once on a fresh one.
-const (
-	maxH1Body         = 1 << 20          // larger or chunked request bodies take net/http's Transport
-	maxResponseHeader = 1 << 20          // as the Transport's MaxResponseHeaderBytes
-	handshakeTimeout  = 10 * time.Second // as the Transport's TLSHandshakeTimeout
-)
-
-// peekAfter: a connection idle for less than this is reused without the
-// liveness peek. Servers close keep-alive connections after seconds of
-// idleness, not milliseconds, and say "Connection: close" when they end
-// one for other reasons; a request without a body that still meets a
-// closed connection is retried.
-var peekAfter = time.Second // a test sets it to 0
-
-// h1Eligible says whether the fast path takes req.
-func h1Eligible(req *http.Request) bool {
-	return req.Body == nil || req.Body == http.NoBody || (req.ContentLength >= 0 && req.ContentLength <= maxH1Body)
-}
-
+// to the end and neither side asked to close; a pooled connection is
+// checked for a close from the upstream (a non-blocking peek) before it is
+// used again (peekAfter has the one exception), and an idempotent request
+// without a body that meets a connection closed under it is retried once
+// on a fresh one.
 type h1Transport struct {
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
 	tlsConfig *tls.Config // cloned per connection with ServerName set
@@ -99,9 +115,9 @@ func newH1Transport(dial func(ctx context.Context, network, addr string) (net.Co
 
 func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	key := req.URL.Scheme + "://" + req.URL.Host
-	noBody := req.Body == nil || req.Body == http.NoBody
+	replayable := (req.Body == nil || req.Body == http.NoBody) && idempotent(req)
 	for attempt := 0; ; attempt++ {
-		pc, reused := t.get(key)
+		pc, reused := t.get(key, replayable)
 		if pc == nil {
 			var err error
 			if pc, err = t.connect(req.Context(), req.URL.Scheme, req.URL.Host, key); err != nil {
@@ -114,8 +130,8 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		pc.c.Close()
 		// a pooled connection the upstream closed while idle: retry once
-		// on a fresh one, when nothing of the request is lost
-		if reused && noBody && attempt == 0 && req.Context().Err() == nil && isClosedConn(err) {
+		// on a fresh one, when sending the request twice is harmless
+		if reused && replayable && attempt == 0 && req.Context().Err() == nil && isClosedConn(err) {
 			continue
 		}
 		return nil, err
@@ -138,7 +154,11 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 		stop()
 		return nil, err
 	}
-	for {
+	for informational := 0; ; informational++ {
+		if informational > maxInformational {
+			stop()
+			return nil, errTooManyInformational
+		}
 		pc.lim.left = maxResponseHeader
 		resp, err := http.ReadResponse(pc.br, req)
 		pc.lim.left = 1 << 62
@@ -247,8 +267,10 @@ func (t *h1Transport) connect(ctx context.Context, scheme, hostport, key string)
 	return &h1Conn{key: key, raw: raw, c: c, lim: lim, br: bufio.NewReaderSize(lim, 4096), bw: bufio.NewWriterSize(c, 4096)}, nil
 }
 
-// get takes the newest idle connection for key that is still open.
-func (t *h1Transport) get(key string) (*h1Conn, bool) {
+// get takes the newest idle connection for key that is still open. For a
+// replayable request (a retry covers a closed connection) the liveness
+// peek is skipped on connections idle for less than peekAfter.
+func (t *h1Transport) get(key string, replayable bool) (*h1Conn, bool) {
 	now := time.Now()
 	for {
 		t.mu.Lock()
@@ -262,7 +284,7 @@ func (t *h1Transport) get(key string) (*h1Conn, bool) {
 		t.idle[key] = list[:len(list)-1]
 		t.mu.Unlock()
 		idle := now.Sub(pc.used)
-		if idle < t.idleTime && pc.br.Buffered() == 0 && (idle < peekAfter || alive(pc.raw)) {
+		if idle < t.idleTime && pc.br.Buffered() == 0 && ((replayable && idle < peekAfter) || alive(pc.raw)) {
 			return pc, true
 		}
 		pc.c.Close()

@@ -170,6 +170,64 @@ func TestH1TransportSkipsInformationalResponses(t *testing.T) {
 	}
 }
 
+// An upstream that never stops sending 1xx responses gets 502, not a
+// broker reading forever.
+func TestH1TransportLimitsInformationalResponses(t *testing.T) {
+	e := newEnv(t)
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		for range 50 {
+			if _, err := io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"); err != nil {
+				return
+			}
+		}
+		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	if code, _ := e.getVia(t, e.proxyClient(agentToken, false), up.port, "/x"); code != http.StatusBadGateway {
+		t.Fatalf("got %d after 50 informational responses, want 502", code)
+	}
+}
+
+// A request that is not idempotent is never sent twice, and never skips
+// the liveness peek: a pooled connection the upstream closed is noticed
+// before the request goes out on it.
+func TestH1TransportDoesNotReplayPost(t *testing.T) {
+	old := peekAfter
+	peekAfter = time.Hour // replayable requests would skip the peek
+	t.Cleanup(func() { peekAfter = old })
+	e := newEnv(t)
+	var posts atomic.Int32
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		if req.Method == http.MethodPost {
+			posts.Add(1)
+		}
+		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") // then close
+	})
+	c := e.proxyClient(agentToken, false)
+	url := fmt.Sprintf("https://api.example.test:%d/run", up.port)
+	codes := []int{}
+	for range 2 {
+		resp, err := c.Post(url, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+		time.Sleep(20 * time.Millisecond) // the close reaches the broker
+	}
+	if codes[0] != 200 || codes[1] != 200 || posts.Load() != 2 || up.conns.Load() != 2 {
+		t.Fatalf("statuses %v, %d POSTs on %d connections; want 200, 200, two POSTs on two connections", codes, posts.Load(), up.conns.Load())
+	}
+}
+
 // A response header beyond 1 MiB is refused (502), never buffered whole.
 func TestH1TransportLimitsResponseHeader(t *testing.T) {
 	e := newEnv(t)
