@@ -250,47 +250,9 @@ func (j *journal) flushUnwritten() error {
 // recorded: the data path must fail closed. If ctx ends while Append waits,
 // it returns ctx's error; the event may still be recorded.
 func (s *Store) Append(ctx context.Context, ev *audit.Event) error {
-	if ev.Time.IsZero() {
-		ev.Time = s.now()
-	}
-	ev.Time = ev.Time.UTC()
-	j := &s.jr
-	j.mu.Lock()
-	for {
-		switch {
-		case j.closed:
-			j.mu.Unlock()
-			return fmt.Errorf("append audit event: %w", ErrClosed)
-		case j.foldErr != nil:
-			err := j.foldErr
-			j.mu.Unlock()
-			return fmt.Errorf("append audit event: the audit log cannot be committed: %w", err)
-		}
-		if len(j.pending) < maxPending {
-			break
-		}
-		ch := j.foldedCh
-		j.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("append audit event: %w", ctx.Err())
-		}
-		j.mu.Lock()
-	}
-	row, err := j.seal(ev)
+	row, err := s.appendRow(ctx, ev, false)
 	if err != nil {
-		j.mu.Unlock()
 		return fmt.Errorf("append audit event: %w", err)
-	}
-	j.pending = append(j.pending, row)
-	first := len(j.pending) == 1 // later rows ride with the commit this one asks for
-	j.mu.Unlock()
-	if first {
-		select {
-		case j.wake <- struct{}{}:
-		default:
-		}
 	}
 	if s.auditSync == AuditSyncAlways {
 		if err := s.waitFolded(ctx, row.seq); err != nil {
@@ -307,25 +269,53 @@ func (s *Store) Append(ctx context.Context, ev *audit.Event) error {
 // whichever comes first, so it costs no write of its own and never waits,
 // in either sync mode. A crash of the process can lose it while it waits.
 func (s *Store) AppendFollowUp(ev *audit.Event) error {
+	if _, err := s.appendRow(context.Background(), ev, true); err != nil {
+		return fmt.Errorf("append audit event: %w", err)
+	}
+	return nil
+}
+
+// appendRow seals ev and queues it for the folder (waking it for the first
+// row of a batch; later rows ride with the commit that one asks for). A
+// follow-up row waits for the next write; any other is written now, and
+// waits first while maxPending rows are queued.
+func (s *Store) appendRow(ctx context.Context, ev *audit.Event, followUp bool) (journalRow, error) {
 	if ev.Time.IsZero() {
 		ev.Time = s.now()
 	}
 	ev.Time = ev.Time.UTC()
 	j := &s.jr
 	j.mu.Lock()
-	switch {
-	case j.closed:
+	for {
+		switch {
+		case j.closed:
+			j.mu.Unlock()
+			return journalRow{}, ErrClosed
+		case j.foldErr != nil:
+			err := j.foldErr
+			j.mu.Unlock()
+			return journalRow{}, fmt.Errorf("the audit log cannot be committed: %w", err)
+		}
+		if followUp || len(j.pending) < maxPending {
+			break
+		}
+		ch := j.foldedCh
 		j.mu.Unlock()
-		return fmt.Errorf("append audit event: %w", ErrClosed)
-	case j.foldErr != nil:
-		err := j.foldErr
-		j.mu.Unlock()
-		return fmt.Errorf("append audit event: the audit log cannot be committed: %w", err)
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return journalRow{}, ctx.Err()
+		}
+		j.mu.Lock()
 	}
-	row, err := j.sealLater(ev)
+	seal := j.seal
+	if followUp {
+		seal = j.sealLater
+	}
+	row, err := seal(ev)
 	if err != nil {
 		j.mu.Unlock()
-		return fmt.Errorf("append audit event: %w", err)
+		return journalRow{}, err
 	}
 	j.pending = append(j.pending, row)
 	first := len(j.pending) == 1
@@ -336,7 +326,7 @@ func (s *Store) AppendFollowUp(ev *audit.Event) error {
 		default:
 		}
 	}
-	return nil
+	return row, nil
 }
 
 // waitFolded waits until row seq is committed to bbolt.

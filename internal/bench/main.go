@@ -218,7 +218,7 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 // env is the running broker and upstream.
 type env struct {
 	srv      *harness.Server
-	up       *upstreamProc
+	up       *childProc
 	minimal  *minimalProc // with -reference
 	dns      *harness.DNSServer
 	ca       *harness.TestCA

@@ -1,21 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -108,8 +102,8 @@ func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0
 
 // minimalProc is the running reference proxy.
 type minimalProc struct {
-	upstreamProc        // same process handling
-	caPEM        []byte // the root its leaf chains to
+	*childProc
+	caPEM []byte // the root its leaf chains to
 }
 
 // startMinimal issues the reference proxy's leaf from a CA of its own and
@@ -119,44 +113,13 @@ func startMinimal(dir, upCAFile, upAddr string) (*minimalProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	cert, err := ca.Issue(apiHost)
+	certFile, keyFile, err := issueToFiles(ca, dir, "minimal", apiHost)
 	if err != nil {
 		return nil, err
 	}
-	keyDER, err := x509.MarshalECPrivateKey(cert.PrivateKey.(*ecdsa.PrivateKey))
+	c, err := startChild(minimalChildFlag, certFile, keyFile, upCAFile, upAddr)
 	if err != nil {
 		return nil, err
 	}
-	certFile, keyFile := filepath.Join(dir, "minimal.pem"), filepath.Join(dir, "minimal.key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return nil, err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(self, minimalChildFlag, certFile, keyFile, upCAFile, upAddr)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start reference proxy: %w", err)
-	}
-	addr, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		stdin.Close()
-		cmd.Process.Kill()
-		cmd.Wait()
-		return nil, fmt.Errorf("reference proxy did not start: %w", err)
-	}
-	return &minimalProc{upstreamProc{Addr: strings.TrimSpace(addr), cmd: cmd, stdin: stdin}, ca.PEM}, nil
+	return &minimalProc{c, ca.PEM}, nil
 }

@@ -48,8 +48,10 @@ func runUpstreamChild(certFile, keyFile string) {
 	os.Exit(0)
 }
 
-// upstreamProc is the running upstream child.
-type upstreamProc struct {
+// childProc is a child process of this binary (the upstream, or the
+// reference proxy) that printed its address and serves until its stdin
+// closes.
+type childProc struct {
 	Addr  string
 	cmd   *exec.Cmd
 	stdin io.Closer
@@ -57,31 +59,47 @@ type upstreamProc struct {
 
 // startUpstream issues the upstream's certificate from ca and starts the
 // child that serves it.
-func startUpstream(ca *harness.TestCA, dir, name string) (*upstreamProc, error) {
-	cert, err := ca.Issue(name)
+func startUpstream(ca *harness.TestCA, dir, name string) (*childProc, error) {
+	certFile, keyFile, err := issueToFiles(ca, dir, "upstream", name)
 	if err != nil {
 		return nil, err
+	}
+	return startChild(upstreamChildFlag, certFile, keyFile)
+}
+
+// issueToFiles issues a certificate for name from ca and writes it and its
+// key as PEM files prefix.pem and prefix.key in dir.
+func issueToFiles(ca *harness.TestCA, dir, prefix, name string) (certFile, keyFile string, err error) {
+	cert, err := ca.Issue(name)
+	if err != nil {
+		return "", "", err
 	}
 	keyDER, err := x509.MarshalECPrivateKey(cert.PrivateKey.(*ecdsa.PrivateKey))
 	if err != nil {
-		return nil, err
+		return "", "", err
 	}
-	certFile, keyFile := filepath.Join(dir, "upstream.pem"), filepath.Join(dir, "upstream.key")
+	certFile, keyFile = filepath.Join(dir, prefix+".pem"), filepath.Join(dir, prefix+".key")
 	var chain []byte
 	for _, der := range cert.Certificate {
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
 	if err := os.WriteFile(certFile, chain, 0o600); err != nil {
-		return nil, err
+		return "", "", err
 	}
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return nil, err
+		return "", "", err
 	}
+	return certFile, keyFile, nil
+}
+
+// startChild runs this binary with flag and args and reads the address it
+// prints.
+func startChild(flag string, args ...string) (*childProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, upstreamChildFlag, certFile, keyFile)
+	cmd := exec.Command(self, append([]string{flag}, args...)...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -92,22 +110,22 @@ func startUpstream(ca *harness.TestCA, dir, name string) (*upstreamProc, error) 
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start upstream: %w", err)
+		return nil, fmt.Errorf("start %s: %w", flag, err)
 	}
 	addr, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
 		stdin.Close()
 		cmd.Process.Kill()
 		cmd.Wait()
-		return nil, fmt.Errorf("upstream did not start: %w", err)
+		return nil, fmt.Errorf("%s did not start: %w", flag, err)
 	}
-	return &upstreamProc{Addr: strings.TrimSpace(addr), cmd: cmd, stdin: stdin}, nil
+	return &childProc{Addr: strings.TrimSpace(addr), cmd: cmd, stdin: stdin}, nil
 }
 
-func (u *upstreamProc) Pid() int { return u.cmd.Process.Pid }
+func (u *childProc) Pid() int { return u.cmd.Process.Pid }
 
 // Close stops the child and waits for it.
-func (u *upstreamProc) Close() {
+func (u *childProc) Close() {
 	u.stdin.Close()
 	u.cmd.Wait()
 }
