@@ -157,6 +157,9 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		}
 		b.inner.Close()
 	}
+	if err := b.drainH1(ctx); err != nil && firstErr == nil {
+		firstErr = err
+	}
 	b.closeAll()
 	done := make(chan struct{})
 	go func() { b.wg.Wait(); close(done) }()
@@ -172,6 +175,43 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	b.transport.CloseIdleConnections()
 	b.h1.CloseIdleConnections()
 	return firstErr
+}
+
+// drainH1 is http.Server.Shutdown for serveH1's connections: it closes
+// those waiting for their next request and waits for the others to finish
+// the one they are serving (they stop after it), until ctx is done.
+func (b *Broker) drainH1(ctx context.Context) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var idle []*trackedConn
+		busy := 0
+		b.mu.Lock()
+		for _, set := range b.conns {
+			for tc := range set {
+				if tc.st == nil || !tc.st.h1 {
+					continue
+				}
+				if tc.st.h1Busy.Load() {
+					busy++
+				} else {
+					idle = append(idle, tc)
+				}
+			}
+		}
+		b.mu.Unlock()
+		for _, tc := range idle {
+			tc.Close()
+		}
+		if busy == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
 
 // trackedConn is every client connection the broker holds, below TLS. It

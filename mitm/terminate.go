@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentvault/agent-vault/policy"
@@ -51,6 +52,9 @@ type connState struct {
 	name    string // the connection's identity: SNI, CONNECT host, or the first Host of a plain connection
 	port    int    // the upstream port
 	connect string // CONNECT host the SNI must equal
+
+	h1     bool        // served by serveH1 (set before it starts)
+	h1Busy atomic.Bool // serveH1 is inside a request (Shutdown waits for it)
 
 	mu      sync.Mutex
 	bound   bool
@@ -172,12 +176,12 @@ func (b *Broker) terminate(tc *trackedConn, st *connState) {
 		tc.Close()
 		return
 	}
-	defer func() { <-b.hs }()
 	conn := tls.Server(tc, b.tlsOuter)
 	tc.SetDeadline(time.Now().Add(b.cfg.HandshakeTimeout))
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.HandshakeTimeout)
 	err := conn.HandshakeContext(ctx)
 	cancel()
+	<-b.hs
 	if err != nil {
 		if !errors.Is(err, errDenied) {
 			b.log.Debug("tls handshake failed", "peer", st.peer.String(), "mode", st.kind.String(), "err", err)
@@ -186,6 +190,13 @@ func (b *Broker) terminate(tc *trackedConn, st *connState) {
 		return
 	}
 	tc.SetDeadline(time.Time{})
+	if conn.ConnectionState().NegotiatedProtocol != "h2" {
+		b.mu.Lock()
+		st.h1 = true // read by drainH1 under b.mu
+		b.mu.Unlock()
+		b.serveH1(conn, st) // in this goroutine, which the broker tracks
+		return
+	}
 	if !b.innerLn.push(conn) {
 		tc.Close()
 	}
