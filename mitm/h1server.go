@@ -92,7 +92,17 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 		if !b.serveOneH1(w, req) || w.hijacked {
 			return
 		}
-		if !w.finish() {
+		keep, unread := w.finish()
+		if unread {
+			// The agent is still sending a body nobody reads: closing now
+			// would reset the connection and could destroy the answer in
+			// flight. Close our side, give the agent time to read it
+			// (net/http's server does the same).
+			c.CloseWrite()
+			time.Sleep(h1LingerOnClose)
+			return
+		}
+		if !keep {
 			return
 		}
 	}
@@ -103,6 +113,7 @@ const (
 	h1IdleTimeout   = 120 * time.Second
 	h1MaxHeader     = 64 << 10
 	h1MaxDrain      = 256 << 10 // unread request body discarded to keep the connection
+	h1LingerOnClose = 500 * time.Millisecond
 )
 
 // serveOneH1 runs the handler; false if it panicked (the connection is
@@ -358,8 +369,9 @@ func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 // finish completes the response after the handler returned and says
-// whether the connection can carry another request.
-func (w *h1Writer) finish() bool {
+// whether the connection can carry another request, and whether the
+// agent may still be sending a request body nobody read.
+func (w *h1Writer) finish() (keep, unread bool) {
 	if !w.sent {
 		w.commit(true)
 	}
@@ -383,26 +395,29 @@ func (w *h1Writer) finish() bool {
 		w.close = true // short body: the agent must not read the next answer as its rest
 	}
 	if err := w.bw.Flush(); err != nil || w.err != nil {
-		return false
+		return false, false
 	}
 	if w.close {
-		return false
+		return false, false
 	}
 	// the next request starts where this one's body ends (a body the agent
 	// still holds back for a "100 Continue" never sent ends the connection)
 	if e, ok := w.req.Body.(*expectContinue); ok && !e.read {
-		return false
+		return false, false
 	}
 	if w.req.Body != nil && w.req.Body != http.NoBody {
-		n, _ := io.CopyN(io.Discard, w.req.Body, h1MaxDrain+1)
+		n, err := io.CopyN(io.Discard, w.req.Body, h1MaxDrain+1)
 		if n > h1MaxDrain {
-			return false
+			return false, true
+		}
+		if err != io.EOF && err != nil {
+			return false, false
 		}
 		if err := w.req.Body.Close(); err != nil {
-			return false
+			return false, false
 		}
 	}
-	return true
+	return true, false
 }
 
 // headerValue keeps a trailer value on one line.

@@ -1,0 +1,229 @@
+package mitm
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// readResponses reads up to max responses, until none comes in time.
+func readResponses(t *testing.T, c net.Conn, br *bufio.Reader, max int) (statuses []int, bodies []string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for range max {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			break
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		statuses, bodies = append(statuses, resp.StatusCode), append(bodies, string(b))
+	}
+	return statuses, bodies
+}
+
+// The checks net/http's server makes beyond the parser hold on serveH1's
+// connections.
+func TestH1ServerRefusals(t *testing.T) {
+	for _, c := range []struct {
+		name, raw string
+		want      int
+	}{
+		{"no Host on HTTP/1.1", "GET /echo HTTP/1.1\r\n\r\n", 400},
+		{"bad Host", "GET /echo HTTP/1.1\r\nHost: api example\r\n\r\n", 400},
+		{"bad header value", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX-A: a\x00b\r\n\r\n", 400},
+		{"odd Expect", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nExpect: 200-ok\r\n\r\n", 417},
+		{"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505},
+		{"header too large", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX-Big: " + strings.Repeat("a", 70<<10) + "\r\n\r\n", 431},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			tc, br := e.tunnel(t)
+			io.WriteString(tc, c.raw)
+			statuses, _ := readResponses(t, tc, br, 2)
+			if len(statuses) != 1 || statuses[0] != c.want {
+				t.Fatalf("statuses %v, want [%d] and the connection closed", statuses, c.want)
+			}
+			if got := len(e.up.received()); got != 0 {
+				t.Fatalf("the upstream received %d requests", got)
+			}
+		})
+	}
+}
+
+// Requests written back to back are answered in order on one connection,
+// each with its own credential and audit row.
+func TestH1ServerPipelining(t *testing.T) {
+	e := newEnv(t)
+	tc, br := e.tunnel(t)
+	io.WriteString(tc, "GET /echo?n=1 HTTP/1.1\r\nHost: api.example.test\r\n\r\n"+
+		"POST /echo?n=2 HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 5\r\n\r\nhello"+
+		"GET /echo?n=3 HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+	statuses, bodies := readResponses(t, tc, br, 3)
+	if fmt.Sprint(statuses) != "[200 200 200]" || !strings.Contains(bodies[1], `"body":"hello"`) {
+		t.Fatalf("statuses %v, bodies %q", statuses, bodies)
+	}
+	got := e.up.received()
+	if len(got) != 3 || got[0].Query != "n=1" || got[1].Query != "n=2" || got[2].Query != "n=3" {
+		t.Fatalf("upstream received %+v", got)
+	}
+	if n := len(e.sink.find(ActionRequest, "allow")); n != 3 {
+		t.Fatalf("%d intent rows, want 3", n)
+	}
+}
+
+// A body sent with "Expect: 100-continue" is asked for with "100 Continue"
+// and forwarded whole.
+func TestH1ServerExpectContinue(t *testing.T) {
+	e := newEnv(t)
+	tc, br := e.tunnel(t)
+	io.WriteString(tc, "POST /echo HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
+		t.Fatalf("first line %q (%v), want 100 Continue", line, err)
+	}
+	br.ReadString('\n') // the blank line ending it
+	io.WriteString(tc, "ping")
+	statuses, bodies := readResponses(t, tc, br, 1)
+	if len(statuses) != 1 || statuses[0] != 200 || !strings.Contains(bodies[0], `"body":"ping"`) {
+		t.Fatalf("statuses %v, bodies %q", statuses, bodies)
+	}
+}
+
+// A body the handler never read is skipped when small (the connection
+// carries the next request) and ends the connection when large, so it is
+// never read as requests.
+func TestH1ServerUnreadBody(t *testing.T) {
+	e := newEnv(t)
+	denied := "POST /x HTTP/1.1\r\nHost: nocred.example.test\r\nContent-Length: %d\r\n\r\n"
+	// nocred has no credential value: 403 before the body is read; the
+	// tunnel is for api.example.test, so use the transparent listener
+	e.setOrigin(e.up.port)
+	for _, c := range []struct {
+		size     int
+		wantNext bool
+	}{{10, true}, {1 << 20, false}} {
+		t.Run(fmt.Sprint(c.size), func(t *testing.T) {
+			tc, br := e.transparentTLS(t, "nocred.example.test")
+			smuggled := "GET /smuggled HTTP/1.1\r\nHost: nocred.example.test\r\n\r\n"
+			body := strings.Repeat("G", c.size)
+			if c.size > len(smuggled) {
+				body = body[len(smuggled):] + smuggled
+			}
+			go func() {
+				fmt.Fprintf(tc, denied, c.size)
+				io.WriteString(tc, body)
+				io.WriteString(tc, "GET /next HTTP/1.1\r\nHost: nocred.example.test\r\n\r\n")
+			}()
+			statuses, _ := readResponses(t, tc, br, 3)
+			want := "[403]"
+			if c.wantNext {
+				want = "[403 403]"
+			}
+			if fmt.Sprint(statuses) != want {
+				t.Fatalf("statuses %v, want %s (the body must never be read as a request)", statuses, want)
+			}
+		})
+	}
+}
+
+// A response of unknown length reaches an HTTP/1.1 agent chunked, whole;
+// an HTTP/1.0 agent gets it delimited by the close.
+func TestH1ServerFraming(t *testing.T) {
+	e := newEnv(t)
+	tc, br := e.tunnel(t)
+	io.WriteString(tc, "GET /sse HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.TransferEncoding) == 0 || resp.TransferEncoding[0] != "chunked" {
+		t.Fatalf("transfer encoding %v, want chunked", resp.TransferEncoding)
+	}
+	first := make([]byte, len("data: one\n\n"))
+	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "data: one\n\n" {
+		t.Fatalf("first event %q (%v)", first, err)
+	}
+	close(e.up.release)
+	rest, _ := io.ReadAll(resp.Body)
+	if string(rest) != "data: two\n\n" {
+		t.Fatalf("second event %q", rest)
+	}
+
+	tc2, br2 := e.tunnel(t)
+	io.WriteString(tc2, "GET /echo HTTP/1.0\r\nHost: api.example.test\r\n\r\n")
+	tc2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	raw, _ := io.ReadAll(br2)
+	if !strings.HasPrefix(string(raw), "HTTP/1.1 200 ") || !strings.Contains(string(raw), "Connection: close") ||
+		!strings.Contains(string(raw), `"method":"GET"`) {
+		t.Fatalf("HTTP/1.0 answer %q", raw)
+	}
+}
+
+// Shutdown lets a request in flight on an HTTP/1.1 connection finish, and
+// closes the connections that wait for their next request.
+func TestH1ServerShutdownIsGraceful(t *testing.T) {
+	e := newEnv(t)
+	idle, idleBR := e.tunnel(t)
+	io.WriteString(idle, "GET /echo HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+	if s, _ := readResponses(t, idle, idleBR, 1); fmt.Sprint(s) != "[200]" {
+		t.Fatalf("idle connection's first answer %v", s)
+	}
+	busy, busyBR := e.tunnel(t)
+	io.WriteString(busy, "GET /sse HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+	busy.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(busyBR, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- e.b.Shutdown(ctx)
+	}()
+	// the idle connection is closed at once
+	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := idleBR.ReadByte(); err == nil {
+		t.Fatal("the idle connection got bytes during Shutdown, want a close")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) while a response was streaming", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(e.up.release)
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.HasSuffix(string(body), "data: two\n\n") {
+		t.Fatalf("the streaming response was cut: %q", body)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// transparentTLS opens a TLS connection to the transparent listener with
+// the given SNI, as a redirected HTTP/1.1 agent would.
+func (e *env) transparentTLS(t *testing.T, sni string) (*tls.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", e.transAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	tc := tls.Client(c, &tls.Config{ServerName: sni, RootCAs: e.caPool, NextProtos: []string{"http/1.1"}})
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	return tc, bufio.NewReader(tc)
+}
