@@ -1,7 +1,10 @@
 // Package mitm owns the broker's data path: the transparent and explicit-proxy
 // accept loops, the decision taken on the TLS ClientHello (agent identity,
 // SNI, destination binding), TLS termination with leaves from mitm/ca,
-// HTTP/1.1 and HTTP/2 serving with net/http, per-request authorization
+// HTTP/1.1 serving in each connection's goroutine (serveH1, with
+// net/http's parser; see h1server.go for what it keeps and leaves out of
+// net/http's server) and HTTP/2 and plain-HTTP serving with net/http,
+// per-request authorization
 // against the current policy snapshot, the audit intent written before any
 // credential is attached, injection (mitm/inject) and forwarding with
 // httputil.ReverseProxy to the validated upstream address, and scrubbing of
