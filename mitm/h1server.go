@@ -62,11 +62,14 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 		}
 		st.h1Busy.Store(true)
 		c.SetReadDeadline(time.Now().Add(h1HeaderTimeout))
-		lim.left = h1MaxHeader
+		lim.left = h1MaxHeader + 4096 // the buffer reads a little past the header, as net/http allows
 		req, err := http.ReadRequest(br)
 		lim.left = 1 << 62
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			var ne net.Error
+			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.As(err, &ne) {
+				// a malformed request gets an answer; a connection that
+				// closed or timed out does not (as net/http's server)
 				status := http.StatusBadRequest
 				switch {
 				case errors.Is(err, errHeaderTooLarge):
