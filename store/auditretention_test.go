@@ -10,7 +10,7 @@ import (
 )
 
 // TestPruneWhileAppending prunes over and over while 8 writers append
-// through the group-commit writer: the chain stays verifiable throughout.
+// through the journal and its group commits: the chain stays verifiable throughout.
 func TestPruneWhileAppending(t *testing.T) {
 	s, _, c := proposalStore(t)
 	var wg sync.WaitGroup

@@ -81,8 +81,9 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 	// run's rules are in place (CleanupExcept), so a restart never opens a
 	// gap in which agents are not captured. See capture.go.
 
-	// 2. open and unlock the store; its group-commit audit writer runs from
-	// here until Close flushes it (step "audit writer" of the start order)
+	// 2. open and unlock the store (replaying the audit journal); its
+	// group-commit folder runs from here until Close commits what is left
+	// (step "audit writer" of the start order)
 	st, err := openStore(cfg, log)
 	if err != nil {
 		return err
