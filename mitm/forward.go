@@ -276,7 +276,9 @@ func redact(s string, forms [][]byte) string {
 // bufferPool recycles ReverseProxy's copy buffers.
 type bufferPool struct{}
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// 64 KiB: four TLS records per write to the agent for large bodies (see
+// h1Body.fill and trackedConn.cork).
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
 func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }

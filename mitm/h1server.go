@@ -51,6 +51,7 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, st))
 	defer cancel()
 	remote := c.RemoteAddr().String()
+	tc, _ := c.NetConn().(*trackedConn)
 	for {
 		st.h1Busy.Store(false)
 		if b.isClosed() {
@@ -88,7 +89,7 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 		}
 		req.RemoteAddr, req.TLS = remote, &state
 		req = req.WithContext(ctx)
-		w := &h1Writer{conn: c, br: br, bw: bw, req: req, header: http.Header{}, length: -1}
+		w := &h1Writer{conn: c, tc: tc, br: br, bw: bw, req: req, header: http.Header{}, length: -1}
 		if req.ProtoAtLeast(1, 1) && req.Body != http.NoBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 			req.Body = &expectContinue{ReadCloser: req.Body, w: w}
 		}
@@ -180,6 +181,7 @@ func writeH1Refusal(bw *bufio.Writer, status int, why string) {
 // and Hijack for http.ResponseController).
 type h1Writer struct {
 	conn net.Conn
+	tc   *trackedConn // under conn's TLS, for corking large writes
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	req  *http.Request
@@ -197,6 +199,10 @@ type h1Writer struct {
 	hijacked bool
 	err      error // a write to the connection failed
 }
+
+// corkAbove: a body write larger than one TLS record is sent in one
+// write(2) (trackedConn.cork).
+const corkAbove = 16 << 10
 
 // h1PreBuffer: a response whose whole body fits and arrives before the
 // handler returns gets a Content-Length instead of chunks.
@@ -250,7 +256,16 @@ func (w *h1Writer) writeBody(p []byte) (int, error) {
 	if w.chunked {
 		fmt.Fprintf(w.bw, "%x\r\n", len(p))
 	}
+	corked := w.tc != nil && len(p) > corkAbove
+	if corked {
+		w.tc.cork()
+	}
 	n, err := w.bw.Write(p)
+	if corked {
+		if uerr := w.tc.uncork(); err == nil {
+			err = uerr
+		}
+	}
 	if err == nil && w.chunked {
 		_, err = w.bw.WriteString("\r\n")
 	}

@@ -187,7 +187,7 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 			}
 			return resp, nil
 		}
-		resp.Body = &h1Body{rc: resp.Body, pc: pc, t: t, reusable: reusable, stop: stop}
+		resp.Body = &h1Body{rc: resp.Body, pc: pc, t: t, reusable: reusable, stop: stop, fill: resp.ContentLength > fillAbove}
 		return resp, nil
 	}
 }
@@ -200,13 +200,26 @@ type h1Body struct {
 	reusable bool
 	stop     func() bool
 	done     bool
+	fill     bool // read until p is full (a body of known length over fillAbove)
 }
+
+// fillAbove: bodies of known length above it are read in full buffers; a
+// smaller or open-ended body (a stream of events) is passed on as it comes.
+const fillAbove = 1 << 20
 
 func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
 	n, err := b.rc.Read(p)
+	// A large body of known length is read in full buffers rather than
+	// one TLS record (16 KiB) at a time, so the agent is written in
+	// fewer, larger writes.
+	for b.fill && err == nil && n < len(p) {
+		var k int
+		k, err = b.rc.Read(p[n:])
+		n += k
+	}
 	if err == io.EOF {
 		b.finish(true)
 	} else if err != nil {

@@ -288,3 +288,26 @@ func TestH1TransportRequestBodies(t *testing.T) {
 		t.Fatalf("upstream received %q", got)
 	}
 }
+
+// A large body the upstream cuts short reaches the agent cut short too
+// (never as a complete response), through the full-buffer reads and the
+// corked writes large bodies take.
+func TestH1TransportTruncatedLargeBody(t *testing.T) {
+	e := newEnv(t)
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", 2<<20)
+		c.Write(make([]byte, 3<<19)) // 1.5 MiB of the 2 promised, then close
+	})
+	resp, err := e.proxyClient(agentToken, false).Get(fmt.Sprintf("https://api.example.test:%d/big", up.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err == nil || n >= 2<<20 {
+		t.Fatalf("read %d bytes, err %v; want the cut to show", n, err)
+	}
+}

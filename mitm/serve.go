@@ -225,6 +225,44 @@ type trackedConn struct {
 	st     *connState
 	agent  string // registry key, guarded by b.mu
 	once   sync.Once
+
+	// corking: serveH1 gathers the TLS records of one large body write
+	// and sends them in one write(2) (one wake-up of the agent, not one
+	// per 16 KiB record)
+	corkMu sync.Mutex
+	corked bool
+	wbuf   []byte
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	c.corkMu.Lock()
+	if c.corked {
+		c.wbuf = append(c.wbuf, p...)
+		c.corkMu.Unlock()
+		return len(p), nil
+	}
+	c.corkMu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// cork holds writes until uncork.
+func (c *trackedConn) cork() {
+	c.corkMu.Lock()
+	c.corked = true
+	c.corkMu.Unlock()
+}
+
+// uncork sends what cork held, in one write.
+func (c *trackedConn) uncork() error {
+	c.corkMu.Lock()
+	buf := c.wbuf
+	c.corked, c.wbuf = false, c.wbuf[:0]
+	c.corkMu.Unlock()
+	if len(buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(buf)
+	return err
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
