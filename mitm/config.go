@@ -87,7 +87,6 @@ type Config struct {
 	MaxHandshakes    int           // concurrent TLS handshakes, default 512
 	ResolveTTL       time.Duration // broker-side resolution cache, default 30 s
 	AuditTimeout     time.Duration // one audit append, default 5 s
-
 }
 
 // Broker is the data path. Make one with New, feed it listeners with

@@ -39,8 +39,8 @@ type forward struct {
 	scrub   *scrub.Scrubber // forms compiled once for headers, body and trailers
 	injErr  error
 	errCode string
-	status  int // the upstream's status, seen in ModifyResponse
-	agentH1 bool
+	status  int  // the upstream's status, seen in ModifyResponse
+	agentH1 bool // the agent speaks HTTP/1.1: h1Transport may take the request
 }
 
 func forwardFrom(ctx context.Context) *forward {
@@ -276,7 +276,8 @@ func redact(s string, forms [][]byte) string {
 // bufferPool recycles ReverseProxy's copy buffers.
 type bufferPool struct{}
 
-// 64 KiB: four TLS records per write to the agent for large bodies (see
+// 64 KiB, so the scrubbing reader behind it can hand out its whole 32 KiB
+// chunk: two TLS records per write to the agent for large bodies (see
 // h1Body.fill and trackedConn.cork).
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 

@@ -117,7 +117,7 @@ it runs, the admin listener's bound address is in admin.addr in the data dir
 	f.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	f.BoolVar(&cfg.Cleanup, "cleanup", false, "remove every rule, BPF link and pin a previous run left, then exit")
 	f.StringVar(&cfg.AuditRetention, "audit-retention", "", "delete audit rows older than this (e.g. 90d, 720h); the deletion is itself audited and the chain stays verifiable; empty keeps everything")
-	f.StringVar(&cfg.AuditSync, "audit-sync", "batch", "when a request's audit row counts as written before its credential is attached: batch (in the journal: survives a crash of the process; fsynced with the next group commit, within milliseconds) or always (wait for the fsync: survives power loss, costs the disk's flush time on every request)")
+	f.StringVar(&cfg.AuditSync, "audit-sync", "batch", "when a request's audit row counts as written before its credential is attached: batch (in the journal: survives a crash of the process; fsynced with the next group commit, within 10 ms) or always (wait for the fsync: survives power loss, costs the disk's flush time on every request)")
 	f.BoolVarP(&cfg.Detach, "detach", "d", false, "run in the background (pid and log file in the data dir)")
 	f.IntVar(&cfg.passwordFD, "master-password-fd", 0, "read the master password from this file descriptor")
 	f.IntVar(&cfg.readyFD, "ready-fd", 0, "write the admin address to this file descriptor once ready")
