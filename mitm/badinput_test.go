@@ -17,7 +17,13 @@ import (
 // library would send.
 func (e *env) tunnel(t *testing.T) (*tls.Conn, *bufio.Reader) {
 	t.Helper()
-	target := fmt.Sprintf("api.example.test:%d", e.up.port)
+	return e.tunnelTo(t, int(e.up.port))
+}
+
+// tunnelTo is tunnel to api.example.test on another upstream port.
+func (e *env) tunnelTo(t *testing.T, port int) (*tls.Conn, *bufio.Reader) {
+	t.Helper()
+	target := fmt.Sprintf("api.example.test:%d", port)
 	c, resp := rawConnect(t, e.proxyAddr, target, "Bearer "+agentToken)
 	if resp.StatusCode != 200 {
 		t.Fatalf("CONNECT: %s", resp.Status)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -38,10 +39,10 @@ import (
 // reads a body that asks for it; the request body drained (up to 256 KiB)
 // before the next request is read, else the connection closed; Hijack for
 // protocol upgrades; a panic (http.ErrAbortHandler included) closing the
-// connection. What it leaves out: a request's context is not canceled when
-// the agent disconnects mid-request (the write of the response fails
-// instead), and Content-Type is never sniffed (a proxy passes the
-// upstream's through).
+// connection; a request's context canceled when its agent disconnects
+// (watched only for requests still running after disconnectAfter). What it
+// leaves out: Content-Type is never sniffed (a proxy passes the upstream's
+// through), and HTTP/1.0 keep-alive is not offered.
 func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 	defer c.Close()
 	state := c.ConnectionState()
@@ -88,12 +89,24 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 			return
 		}
 		req.RemoteAddr, req.TLS = remote, &state
-		req = req.WithContext(ctx)
+		rctx, rcancel := context.WithCancel(ctx)
+		req = req.WithContext(rctx)
 		w := &h1Writer{conn: c, tc: tc, br: br, bw: bw, req: req, header: http.Header{}, length: -1}
+		body := &bodyEnd{ReadCloser: req.Body}
+		if req.Body == http.NoBody {
+			body.done.Store(true)
+		} else {
+			req.Body = body
+		}
 		if req.ProtoAtLeast(1, 1) && req.Body != http.NoBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 			req.Body = &expectContinue{ReadCloser: req.Body, w: w}
 		}
-		if !b.serveOneH1(w, req) || w.hijacked {
+		watch := watchDisconnect(c, br, body, rcancel)
+		w.watch = watch
+		ok := b.serveOneH1(w, req)
+		watch.stop()
+		rcancel()
+		if !ok || w.hijacked {
 			return
 		}
 		keep, unread := w.finish()
@@ -119,6 +132,87 @@ const (
 	h1MaxDrain      = 256 << 10 // unread request body discarded to keep the connection
 	h1LingerOnClose = 500 * time.Millisecond
 )
+
+// disconnectAfter is how long a request may run before serveH1 starts
+// watching its connection for the agent leaving: fast requests never pay
+// for a watcher, a slow upstream call (a model's answer) is canceled soon
+// after its agent went away, as net/http's server would.
+var disconnectAfter = time.Second
+
+// disconnectWatch cancels a request whose agent closed the connection.
+type disconnectWatch struct {
+	c       net.Conn
+	mu      sync.Mutex
+	timer   *time.Timer
+	stopped bool
+	done    chan struct{} // closed when the watcher goroutine ended; nil if none started
+}
+
+// watchDisconnect starts a watch that, after disconnectAfter and once the
+// request body was read to its end, peeks at the connection: an error or
+// EOF there means the agent left, and the request is canceled. A byte
+// that arrives (a pipelined request) stays in br for the next request.
+func watchDisconnect(c net.Conn, br *bufio.Reader, body *bodyEnd, cancel context.CancelFunc) *disconnectWatch {
+	w := &disconnectWatch{c: c}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.timer = time.AfterFunc(disconnectAfter, func() {
+		if !body.done.Load() {
+			return // the handler may still read the body from br
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.stopped {
+			return
+		}
+		w.done = make(chan struct{})
+		go func(done chan struct{}) {
+			defer close(done)
+			if _, err := br.Peek(1); err != nil && !isTimeout(err) {
+				cancel()
+			}
+		}(w.done)
+	})
+	return w
+}
+
+// stop ends the watch before anyone reads from br again; later calls do
+// nothing.
+func (w *disconnectWatch) stop() {
+	w.mu.Lock()
+	if w.stopped {
+		w.mu.Unlock()
+		return
+	}
+	w.stopped = true
+	done := w.done
+	w.timer.Stop()
+	w.mu.Unlock()
+	if done != nil {
+		w.c.SetReadDeadline(time.Unix(1, 0)) // unblock the peek
+		<-done
+		w.c.SetReadDeadline(time.Time{})
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// bodyEnd notes when a request body was read to its end.
+type bodyEnd struct {
+	io.ReadCloser
+	done atomic.Bool
+}
+
+func (b *bodyEnd) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.done.Store(true)
+	}
+	return n, err
+}
 
 // serveOneH1 runs the handler; false if it panicked (the connection is
 // then closed, as net/http's server does).
@@ -180,11 +274,12 @@ func writeH1Refusal(bw *bufio.Writer, status int, why string) {
 // h1Writer is the http.ResponseWriter of serveH1 (with Flush, FlushError
 // and Hijack for http.ResponseController).
 type h1Writer struct {
-	conn net.Conn
-	tc   *trackedConn // under conn's TLS, for corking large writes
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	req  *http.Request
+	conn  net.Conn
+	tc    *trackedConn // under conn's TLS, for corking large writes
+	watch *disconnectWatch
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	req   *http.Request
 
 	header   http.Header
 	status   int
@@ -381,6 +476,9 @@ func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	if w.sent {
 		return nil, nil, errors.New("hijack after the response started")
+	}
+	if w.watch != nil {
+		w.watch.stop() // the handler reads the connection from now on
 	}
 	w.hijacked = true
 	return w.conn, bufio.NewReadWriter(w.br, w.bw), nil

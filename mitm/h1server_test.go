@@ -227,3 +227,73 @@ func (e *env) transparentTLS(t *testing.T, sni string) (*tls.Conn, *bufio.Reader
 	}
 	return tc, bufio.NewReader(tc)
 }
+
+// A request still running when its agent disconnects is canceled: the
+// broker gives up its upstream call soon after, rather than holding it
+// (and the credential's quota) until the upstream answers.
+func TestH1ServerCancelsOnDisconnect(t *testing.T) {
+	old := disconnectAfter
+	disconnectAfter = 50 * time.Millisecond
+	t.Cleanup(func() { disconnectAfter = old })
+	e := newEnv(t)
+	upClosed := make(chan time.Time, 1)
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		// a slow answer: wait for the broker to give up (or 10 s)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		br.ReadByte()
+		upClosed <- time.Now()
+	})
+	tc, _ := e.tunnelTo(t, up.port)
+	io.WriteString(tc, "GET /slow HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+	time.Sleep(100 * time.Millisecond)
+	left := time.Now()
+	tc.Close()
+	select {
+	case at := <-upClosed:
+		if d := at.Sub(left); d > 5*time.Second {
+			t.Fatalf("the upstream call ended %v after the agent left", d)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the upstream call was never canceled")
+	}
+	waitFor(t, "the aborted request's completion row", func() bool {
+		for _, ev := range e.sink.all() {
+			if ev.Action == ActionRequestComplete && ev.Path == "/slow" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// A request that outlives disconnectAfter on a connection the agent keeps
+// open is not disturbed, and the connection carries the next request.
+func TestH1ServerSlowRequestKeepsConnection(t *testing.T) {
+	old := disconnectAfter
+	disconnectAfter = 20 * time.Millisecond
+	t.Cleanup(func() { disconnectAfter = old })
+	e := newEnv(t)
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/slow" {
+				time.Sleep(200 * time.Millisecond)
+			}
+			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	tc, br := e.tunnelTo(t, up.port)
+	io.WriteString(tc, "GET /slow HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // the watch is on; a pipelined request arrives during it
+	io.WriteString(tc, "GET /next HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+	statuses, bodies := readResponses(t, tc, br, 2)
+	if fmt.Sprint(statuses) != "[200 200]" || bodies[0] != "ok" || bodies[1] != "ok" {
+		t.Fatalf("statuses %v bodies %q", statuses, bodies)
+	}
+}
