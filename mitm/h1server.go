@@ -53,6 +53,8 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 	defer cancel()
 	remote := c.RemoteAddr().String()
 	tc, _ := c.NetConn().(*trackedConn)
+	watch := newDisconnectWatch(c, br)
+	defer watch.stop()
 	for {
 		st.h1Busy.Store(false)
 		if b.isClosed() {
@@ -92,16 +94,15 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 		rctx, rcancel := context.WithCancel(ctx)
 		req = req.WithContext(rctx)
 		w := &h1Writer{conn: c, tc: tc, br: br, bw: bw, req: req, header: http.Header{}, length: -1}
-		body := &bodyEnd{ReadCloser: req.Body}
-		if req.Body == http.NoBody {
-			body.done.Store(true)
-		} else {
+		var body *bodyEnd
+		if req.Body != http.NoBody {
+			body = &bodyEnd{ReadCloser: req.Body}
 			req.Body = body
+			if req.ProtoAtLeast(1, 1) && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+				req.Body = &expectContinue{ReadCloser: req.Body, w: w}
+			}
 		}
-		if req.ProtoAtLeast(1, 1) && req.Body != http.NoBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
-			req.Body = &expectContinue{ReadCloser: req.Body, w: w}
-		}
-		watch := watchDisconnect(c, br, body, rcancel)
+		watch.start(body, rcancel)
 		w.watch = watch
 		ok := b.serveOneH1(w, req)
 		watch.stop()
@@ -139,54 +140,65 @@ const (
 // after its agent went away, as net/http's server would.
 var disconnectAfter = time.Second
 
-// disconnectWatch cancels a request whose agent closed the connection.
+// disconnectWatch cancels a request whose agent closed the connection:
+// disconnectAfter into a request, once the request body was read to its
+// end, a goroutine peeks at the connection, and an error or EOF there
+// means the agent left. A byte that arrives instead (a pipelined request)
+// stays in br for the next request. One per connection, armed per request.
 type disconnectWatch struct {
-	c       net.Conn
-	mu      sync.Mutex
-	timer   *time.Timer
-	stopped bool
-	done    chan struct{} // closed when the watcher goroutine ended; nil if none started
+	c     net.Conn
+	br    *bufio.Reader
+	timer *time.Timer
+
+	mu     sync.Mutex
+	armed  bool               // a request is being served
+	body   *bodyEnd           // its body; nil when it has none
+	cancel context.CancelFunc // cancels it
+	done   chan struct{}      // closed when the peeking goroutine ended; nil if none started
 }
 
-// watchDisconnect starts a watch that, after disconnectAfter and once the
-// request body was read to its end, peeks at the connection: an error or
-// EOF there means the agent left, and the request is canceled. A byte
-// that arrives (a pipelined request) stays in br for the next request.
-func watchDisconnect(c net.Conn, br *bufio.Reader, body *bodyEnd, cancel context.CancelFunc) *disconnectWatch {
-	w := &disconnectWatch{c: c}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.timer = time.AfterFunc(disconnectAfter, func() {
-		if !body.done.Load() {
-			return // the handler may still read the body from br
-		}
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		if w.stopped {
-			return
-		}
-		w.done = make(chan struct{})
-		go func(done chan struct{}) {
-			defer close(done)
-			if _, err := br.Peek(1); err != nil && !isTimeout(err) {
-				cancel()
-			}
-		}(w.done)
-	})
+func newDisconnectWatch(c net.Conn, br *bufio.Reader) *disconnectWatch {
+	w := &disconnectWatch{c: c, br: br}
+	w.timer = time.AfterFunc(time.Hour, w.fire)
+	w.timer.Stop()
 	return w
 }
 
-// stop ends the watch before anyone reads from br again; later calls do
-// nothing.
-func (w *disconnectWatch) stop() {
+// start arms the watch for one request.
+func (w *disconnectWatch) start(body *bodyEnd, cancel context.CancelFunc) {
 	w.mu.Lock()
-	if w.stopped {
+	w.armed, w.body, w.cancel = true, body, cancel
+	w.mu.Unlock()
+	w.timer.Reset(disconnectAfter)
+}
+
+func (w *disconnectWatch) fire() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.armed || w.done != nil || (w.body != nil && !w.body.done.Load()) {
+		return // the handler may still read the body from br
+	}
+	done, cancel := make(chan struct{}), w.cancel
+	w.done = done
+	go func() {
+		defer close(done)
+		if _, err := w.br.Peek(1); err != nil && !isTimeout(err) {
+			cancel()
+		}
+	}()
+}
+
+// stop disarms the watch before anyone reads from br again; it does
+// nothing when the watch is not armed.
+func (w *disconnectWatch) stop() {
+	w.timer.Stop()
+	w.mu.Lock()
+	if !w.armed {
 		w.mu.Unlock()
 		return
 	}
-	w.stopped = true
 	done := w.done
-	w.timer.Stop()
+	w.armed, w.body, w.cancel, w.done = false, nil, nil, nil
 	w.mu.Unlock()
 	if done != nil {
 		w.c.SetReadDeadline(time.Unix(1, 0)) // unblock the peek
