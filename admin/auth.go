@@ -136,9 +136,16 @@ func (s *Server) checkLogin(r *http.Request, req api.LoginRequest) (api.SessionT
 		return api.SessionToken{}, errBadCredentials
 	}
 	keys := []string{"email:" + strings.ToLower(req.Email), "ip:" + clientIP(r)}
+	// who names the attempt in logs and audit rows: the email as sent only
+	// when it is one, since a password pasted into the email field must not
+	// end up in either
+	who := req.Email
+	if validEmail(who) != nil {
+		who = "(malformed email)"
+	}
 	if wait := s.limiter.blocked(keys...); wait > 0 {
 		secs := int(wait.Seconds() + 0.999)
-		s.log.Warn("admin login throttled", "user", req.Email, "client", clientIP(r), "retry_after_s", secs)
+		s.log.Warn("admin login throttled", "user", who, "client", clientIP(r), "retry_after_s", secs)
 		return api.SessionToken{}, &apiError{status: http.StatusTooManyRequests, code: api.CodeRateLimited, retryAfter: secs,
 			msg: "too many failed logins: wait " + strconv.Itoa(secs) + " s and try again"}
 	}
@@ -164,8 +171,8 @@ func (s *Server) checkLogin(r *http.Request, req api.LoginRequest) (api.SessionT
 	}
 	if !ok || !known {
 		s.limiter.fail(keys...)
-		s.auditLogin(r.Context(), req.Email, audit.DecisionDeny, "wrong_email_or_password")
-		s.log.Warn("admin login failed", "user", req.Email, "client", clientIP(r))
+		s.auditLogin(r.Context(), who, audit.DecisionDeny, "wrong_email_or_password")
+		s.log.Warn("admin login failed", "user", who, "client", clientIP(r))
 		return api.SessionToken{}, errBadCredentials
 	}
 	s.limiter.success(keys...)

@@ -265,3 +265,23 @@ func TestPasswordHash(t *testing.T) {
 		}
 	}
 }
+
+// A password typed into the email field (a common slip) reaches neither
+// the log nor the audit row of the failed login.
+func TestLoginPasswordInEmailFieldNotRecorded(t *testing.T) {
+	e := newEnv(t, nil)
+	e.setup()
+	const slip = "correct-horse-SENTINEL-7731"
+	_, err := e.c.Login(ctx(), slip, "anything at all")
+	wantAPIError(t, err, http.StatusUnauthorized, api.CodeUnauthorized)
+	rows, _, err := e.st.AuditList(store.AuditQuery{Action: "user.login", Decision: "deny", Limit: 10})
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("denied login audited: %d rows, %v", len(rows), err)
+	}
+	if strings.Contains(rows[0].Actor.Name, slip) || strings.Contains(rows[0].Target, slip) {
+		t.Fatalf("the audit row holds what was typed as an email: %+v", rows[0])
+	}
+	if strings.Contains(e.logs.String(), slip) {
+		t.Fatal("what was typed as an email reached the log")
+	}
+}
