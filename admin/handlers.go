@@ -211,12 +211,9 @@ func toAPIAgent(a store.AgentRecord) api.Agent {
 // listAgents serves both /vaults/{vault}/agents and /agents (every vault
 // the caller may read).
 func (s *Server) listAgents(w http.ResponseWriter, r *http.Request, p *principal) error {
-	vault := ""
-	if r.PathValue("vault") != "" {
-		var err error
-		if vault, err = pathName(r, "vault", "vault"); err != nil {
-			return err
-		}
+	vault, err := pathVault(r)
+	if err != nil {
+		return err
 	}
 	as, err := s.cfg.Store.Agents(vault)
 	if err != nil {
@@ -356,11 +353,9 @@ func (s *Server) agentTarget(r *http.Request, p *principal) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	want := ""
-	if r.PathValue("vault") != "" {
-		if want, err = pathName(r, "vault", "vault"); err != nil {
-			return "", err
-		}
+	want, err := pathVault(r)
+	if err != nil {
+		return "", err
 	}
 	as, err := s.cfg.Store.Agents(want)
 	if err != nil {

@@ -140,7 +140,7 @@ func (s *Server) routes() http.Handler {
 func (s *Server) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isUIPath(r.URL.Path) {
-			uiHeaders(w.Header()) // also on the refusals below
+			uiHeaders(w.Header()) // every UI response, refusals below included
 		}
 		if err := s.checkHost(r); err != nil {
 			s.writeError(w, r, err)

@@ -138,7 +138,6 @@ type uiHandler func(w http.ResponseWriter, r *http.Request, p *principal, pg *ui
 // as HTML.
 func (s *Server) ui(h uiHandler) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, _ *principal) error {
-		uiHeaders(w.Header())
 		p, err := s.uiSession(w, r)
 		if err != nil {
 			var ae *apiError
@@ -251,13 +250,11 @@ func seeOther(w http.ResponseWriter, r *http.Request, to, done string) {
 }
 
 func (s *Server) uiRoot(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	uiHeaders(w.Header())
 	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 	return nil
 }
 
 func (s *Server) uiNotFound(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	uiHeaders(w.Header())
 	s.render(w, http.StatusNotFound, "error", &uiPage{Title: "Not found", Error: "There is no page " + r.URL.Path + "."})
 	return nil
 }
@@ -278,7 +275,6 @@ func (s *Server) uiStatic(w http.ResponseWriter, r *http.Request, p *principal) 
 	if err != nil {
 		return err
 	}
-	uiHeaders(w.Header())
 	w.Header().Set("Content-Type", ct)
 	_, _ = w.Write(b)
 	return nil
@@ -293,7 +289,6 @@ type loginData struct {
 
 // uiLoginPage shows the login form with a fresh double-submit token.
 func (s *Server) uiLoginPage(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	uiHeaders(w.Header())
 	pg := &uiPage{Title: "Log in", Flash: flash(r)}
 	return s.renderLogin(w, r, http.StatusOK, pg, "")
 }
@@ -319,7 +314,6 @@ func (s *Server) renderLogin(w http.ResponseWriter, r *http.Request, status int,
 // (rate limit, Argon2id check, audit row, session), answered with the
 // session cookie and a redirect.
 func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	uiHeaders(w.Header())
 	pg := &uiPage{Title: "Log in"}
 	if err := parseUIForm(w, r); err != nil {
 		pg.Error = mapError(err).msg
