@@ -32,8 +32,8 @@ func (a *app) auditCmd() *cobra.Command {
 (--cursor). With --json: {"events": [...], "next_cursor": N}.`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if f.Decision != "" && f.Decision != audit.DecisionAllow && f.Decision != audit.DecisionDeny {
-				return usagef("--decision must be allow or deny")
+			if err := checkDecision(f.Decision); err != nil {
+				return err
 			}
 			if f.Limit < 0 || f.Limit > 1000 {
 				return usagef("--limit must be between 1 and 1000")
@@ -51,18 +51,9 @@ func (a *app) auditCmd() *cobra.Command {
 			}
 			rows := [][]string{{"SEQ", "TIME", "ACTOR", "ACTION", "VAULT", "TARGET", "DECISION", "REASON", "REQUEST", "STATUS"}}
 			for _, e := range page.Events {
-				req := strings.TrimSpace(e.Method + " " + e.Host + e.Path)
-				status := ""
-				if e.Status != 0 {
-					status = strconv.Itoa(e.Status)
-				}
-				target := e.Target
-				if target == "" {
-					target = firstNonEmpty(e.Service, e.Credential)
-				}
+				c := auditCellsOf(e)
 				rows = append(rows, []string{strconv.FormatUint(e.Seq, 10), e.Time.Local().Format(time.DateTime),
-					string(e.Actor.Kind) + ":" + e.Actor.Name, e.Action, dash(e.Vault), dash(target), dash(e.Decision),
-					dash(e.Reason), dash(req), dash(status)})
+					c.actor, c.action, dash(c.vault), dash(c.target), dash(c.decision), dash(c.reason), dash(c.request), dash(c.status)})
 			}
 			if err := a.table(rows); err != nil {
 				return err
@@ -74,13 +65,7 @@ func (a *app) auditCmd() *cobra.Command {
 		},
 	}
 	fl := list.Flags()
-	fl.StringVar(&f.Vault, "vault", "", "only this vault")
-	fl.StringVar(&f.Agent, "agent", "", "only this agent")
-	fl.StringVar(&f.User, "user", "", "only this user (email)")
-	fl.StringVar(&f.Action, "action", "", "only this action (request, vault.create, user.login, ...)")
-	fl.StringVar(&f.Decision, "decision", "", "only allow or deny")
-	fl.StringVar(&f.Since, "since", "", "only rows newer than this (duration ago, or RFC 3339)")
-	fl.StringVar(&f.Until, "until", "", "only rows older than this (duration ago, or RFC 3339)")
+	auditFilterFlags(fl, &f)
 	fl.IntVar(&f.Limit, "limit", 0, "at most this many rows (default 100, at most 1000)")
 	fl.Uint64Var(&f.Cursor, "cursor", 0, "continue from a previous page's cursor")
 	fl.BoolVar(&asJSON, "json", false, "print one JSON document")
@@ -121,29 +106,58 @@ names the first bad row.`,
 	return cmd
 }
 
-// streamFilterFlags are the filters of audit tail and export.
-func streamFilterFlags(fl *pflag.FlagSet, f *api.AuditFilter, after *uint64) {
+// auditFilterFlags are the filters every audit command takes.
+func auditFilterFlags(fl *pflag.FlagSet, f *api.AuditFilter) {
 	fl.StringVar(&f.Vault, "vault", "", "only this vault")
 	fl.StringVar(&f.Agent, "agent", "", "only this agent")
 	fl.StringVar(&f.User, "user", "", "only this user (email)")
-	fl.StringVar(&f.Action, "action", "", "only this action (request, proposal.approve, ...)")
+	fl.StringVar(&f.Action, "action", "", "only this action (request, vault.create, user.login, proposal.approve, ...)")
 	fl.StringVar(&f.Decision, "decision", "", "only allow or deny")
 	fl.StringVar(&f.Since, "since", "", "only rows newer than this (duration ago, or RFC 3339)")
 	fl.StringVar(&f.Until, "until", "", "only rows older than this (duration ago, or RFC 3339)")
+}
+
+// streamFilterFlags are the filters of audit tail and export.
+func streamFilterFlags(fl *pflag.FlagSet, f *api.AuditFilter, after *uint64) {
+	auditFilterFlags(fl, f)
 	fl.Uint64Var(after, "after", 0, "only rows after this seq")
 }
 
-func auditRow(e audit.Event) string {
-	req := strings.TrimSpace(e.Method + " " + e.Host + e.Path)
-	target := firstNonEmpty(e.Target, e.Service, e.Credential)
-	line := fmt.Sprintf("%d  %s  %s:%s  %s", e.Seq, e.Time.Local().Format(time.DateTime), e.Actor.Kind, e.Actor.Name, e.Action)
-	for _, kv := range [][2]string{{"vault", e.Vault}, {"target", target}, {"decision", e.Decision}, {"reason", e.Reason}, {"request", req}} {
-		if kv[1] != "" {
-			line += "  " + kv[0] + "=" + clean(kv[1])
-		}
+func checkDecision(d string) error {
+	if d != "" && d != audit.DecisionAllow && d != audit.DecisionDeny {
+		return usagef("--decision must be allow or deny")
+	}
+	return nil
+}
+
+// auditCells are the printed fields of one row, cleaned of control
+// characters: paths, hosts and names come from agents and must not drive
+// the operator's terminal.
+type auditCells struct{ actor, action, vault, target, decision, reason, request, status string }
+
+func auditCellsOf(e audit.Event) auditCells {
+	c := auditCells{
+		actor:    clean(string(e.Actor.Kind) + ":" + e.Actor.Name),
+		action:   clean(e.Action),
+		vault:    clean(e.Vault),
+		target:   clean(firstNonEmpty(e.Target, e.Service, e.Credential)),
+		decision: clean(e.Decision),
+		reason:   clean(e.Reason),
+		request:  clean(strings.TrimSpace(e.Method + " " + e.Host + e.Path)),
 	}
 	if e.Status != 0 {
-		line += "  status=" + strconv.Itoa(e.Status)
+		c.status = strconv.Itoa(e.Status)
+	}
+	return c
+}
+
+func auditRow(e audit.Event) string {
+	c := auditCellsOf(e)
+	line := fmt.Sprintf("%d  %s  %s  %s", e.Seq, e.Time.Local().Format(time.DateTime), c.actor, c.action)
+	for _, kv := range [][2]string{{"vault", c.vault}, {"target", c.target}, {"decision", c.decision}, {"reason", c.reason}, {"request", c.request}, {"status", c.status}} {
+		if kv[1] != "" {
+			line += "  " + kv[0] + "=" + kv[1]
+		}
 	}
 	return line
 }
@@ -162,8 +176,8 @@ GET /api/v1/audit/stream), until interrupted or --count rows were printed.
 each row is one JSON line.`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if f.Decision != "" && f.Decision != audit.DecisionAllow && f.Decision != audit.DecisionDeny {
-				return usagef("--decision must be allow or deny")
+			if err := checkDecision(f.Decision); err != nil {
+				return err
 			}
 			if count < 0 {
 				return usagef("--count must not be negative")
@@ -215,8 +229,8 @@ oldest first, with seq, prev_hash and hash, so the chain can be checked
 offline) to stdout or to FILE (mode 0600).`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if f.Decision != "" && f.Decision != audit.DecisionAllow && f.Decision != audit.DecisionDeny {
-				return usagef("--decision must be allow or deny")
+			if err := checkDecision(f.Decision); err != nil {
+				return err
 			}
 			c, err := a.client()
 			if err != nil {
