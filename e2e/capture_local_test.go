@@ -81,8 +81,17 @@ func TestCaptureLocal(t *testing.T) {
 			} else {
 				t.Logf("unbound cgroup: audit %s", capRowsJSON(rows[:1]))
 			}
-			dns := capPick(l.AuditJSON(t, "--action", "dns.query"), map[string]string{"reason": "unknown_agent"})
-			t.Logf("unbound cgroup DNS rows: %d", len(dns))
+			// DNS rows are written by the proxy's audit queue: look a few times
+			var dns []map[string]any
+			for i := 0; i < 50 && len(dns) == 0; i++ {
+				if i > 0 {
+					time.Sleep(100 * time.Millisecond)
+				}
+				dns = capPick(l.AuditJSON(t, "--action", "dns.query"), map[string]string{"reason": "unknown_agent"})
+			}
+			if len(dns) == 0 {
+				t.Error("the unbound cgroup's DNS query left no unknown_agent audit row")
+			}
 		}},
 	}
 	capRunMatrix(t, r)

@@ -71,6 +71,7 @@ func startLoopbackWith(t *testing.T, withService bool) *loopbackAppliance {
 	}
 	t.Cleanup(func() {
 		srv.Stop()
+		appliance.AssertNoSecretAnywhere(t, srv)
 		if t.Failed() {
 			t.Logf("server log:\n%s", srv.Log())
 		}

@@ -74,7 +74,9 @@ func (s *Server) Start(ctx context.Context) error {
 		"--proxy-addr", s.ProxyAddr, "--transparent-addr", s.Transparent, "--dns-addr", s.DNSAddr}, s.Args...)
 	s.cmd = s.command(args...)
 	s.cmd.Env = append(s.baseEnv(), s.Env...)
-	s.log = &SyncBuffer{}
+	if s.log == nil {
+		s.log = &SyncBuffer{} // kept across restarts: Log() is the whole story
+	}
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if s.LogFile != "" {
 		f, err := os.OpenFile(s.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -145,7 +147,7 @@ func (s *Server) Kill() {
 	}
 }
 
-// Log returns everything the server printed.
+// Log returns everything the server printed, over every Start.
 func (s *Server) Log() string {
 	if s.LogFile != "" {
 		b, _ := os.ReadFile(s.LogFile)

@@ -315,33 +315,19 @@ func runCmd(cmd *exec.Cmd) (stdout, stderr string, code int) {
 	return o.String(), e.String(), code
 }
 
-// auditRows runs `audit list --json` and returns its rows (newest first),
-// whatever the list's envelope is called.
+// auditRows runs `audit list --json` and returns its rows (newest first).
+// A missing "events" list fails the test: an empty result must never come
+// from reading the wrong field.
 func auditRows(t *testing.T, srv *harness.Server, args ...string) []map[string]any {
 	t.Helper()
-	var raw any
-	if err := srv.CLIJSON(&raw, "", append([]string{"audit", "list", "--limit", "1000"}, args...)...); err != nil {
+	var page struct {
+		Events *[]map[string]any `json:"events"`
+	}
+	if err := srv.CLIJSON(&page, "", append([]string{"audit", "list", "--limit", "1000"}, args...)...); err != nil {
 		t.Fatal(err)
 	}
-	var rows []map[string]any
-	add := func(list []any) {
-		for _, r := range list {
-			if m, ok := r.(map[string]any); ok {
-				rows = append(rows, m)
-			}
-		}
+	if page.Events == nil {
+		t.Fatal("audit list --json printed no events list")
 	}
-	switch v := raw.(type) {
-	case []any:
-		add(v)
-	case map[string]any:
-		for _, key := range []string{"rows", "events", "items"} {
-			if list, ok := v[key].([]any); ok {
-				add(list)
-			}
-		}
-	default:
-		t.Fatalf("audit list --json printed %T", raw)
-	}
-	return rows
+	return *page.Events
 }

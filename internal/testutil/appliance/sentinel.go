@@ -11,13 +11,17 @@ import (
 	"github.com/agentvault/agent-vault/internal/harness"
 )
 
-// assertNoSecretAnywhere is run at the end of every appliance test: the
-// real credential must appear nowhere but on the wire to the upstream — not
-// in the server's log, and not in clear (raw or base64) in any file of its
-// data dir (the store is encrypted with the master password).
-func assertNoSecretAnywhere(t *testing.T, srv *harness.Server) {
+// AssertNoSecretAnywhere is run at the end of every appliance test: the
+// real credential (Secret, and any other value the test set) must appear
+// nowhere but on the wire to the upstream — not in the server's log, and
+// not in clear (raw or base64) in any file of its data dir (the store is
+// encrypted with the master password; the audit journal holds no values).
+func AssertNoSecretAnywhere(t *testing.T, srv *harness.Server, more ...string) {
 	t.Helper()
-	forms := []string{Secret, base64.StdEncoding.EncodeToString([]byte(Secret)), base64.RawStdEncoding.EncodeToString([]byte(Secret))}
+	var forms []string
+	for _, s := range append([]string{Secret}, more...) {
+		forms = append(forms, s, base64.StdEncoding.EncodeToString([]byte(s)), base64.RawStdEncoding.EncodeToString([]byte(s)))
+	}
 	log := srv.Log()
 	for _, f := range forms {
 		if strings.Contains(log, f) {

@@ -116,7 +116,7 @@ func stopAtCleanup(t *testing.T, srv *harness.Server, after func()) {
 		if err := srv.Stop(); err != nil {
 			t.Logf("server stop: %v", err)
 		}
-		assertNoSecretAnywhere(t, srv)
+		AssertNoSecretAnywhere(t, srv)
 		if t.Failed() {
 			t.Logf("server log:\n%s", srv.Log())
 		}
