@@ -114,7 +114,7 @@ type Broker struct {
 	stopSweep chan struct{}
 
 	mu        sync.Mutex
-	closed    bool
+	closed    atomic.Bool // set under mu by Shutdown; read without it by isClosed
 	listeners map[net.Listener]struct{}
 	conns     map[string]map[*trackedConn]struct{} // live connections by agent name ("" before identity)
 	wg        sync.WaitGroup                       // every goroutine the broker starts
@@ -177,7 +177,7 @@ func New(cfg Config) (*Broker, error) {
 	b.snap.Store(policy.NewSnapshot(policy.Input{}))
 	b.tlsOuter = b.newTLSOuter()
 	b.transport = b.newTransport()
-	b.h1 = newH1Transport(b.dialUpstream, b.transport.TLSClientConfig)
+	b.h1 = newH1Transport(b.dialUpstream, b.upstreamTLS())
 	b.rp = b.newReverseProxy()
 	b.internal = b.newInternal()
 	errLog := slog.NewLogLogger(b.log.Handler(), slog.LevelDebug)

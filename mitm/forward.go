@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,12 +62,9 @@ var (
 // address dialled comes from the request's validated destination.
 func (b *Broker) newTransport() *http.Transport {
 	return &http.Transport{
-		Proxy:       nil, // never an environment proxy
-		DialContext: b.dialUpstream,
-		TLSClientConfig: &tls.Config{
-			RootCAs:    b.cfg.UpstreamRoots,
-			MinVersion: tls.VersionTLS12,
-		},
+		Proxy:                  nil, // never an environment proxy
+		DialContext:            b.dialUpstream,
+		TLSClientConfig:        b.upstreamTLS(),
 		TLSHandshakeTimeout:    10 * time.Second,
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           1024,
@@ -74,6 +73,13 @@ func (b *Broker) newTransport() *http.Transport {
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: 1 << 20,
 	}
+}
+
+// upstreamTLS is a fresh upstream TLS configuration: system roots plus
+// --upstream-ca, TLS 1.2 or later. Each transport gets its own (net/http
+// rewrites its config's NextProtos for HTTP/2 on first use).
+func (b *Broker) upstreamTLS() *tls.Config {
+	return &tls.Config{RootCAs: b.cfg.UpstreamRoots, MinVersion: tls.VersionTLS12}
 }
 
 // dialUpstream dials only the addresses validated for the request's name.
@@ -116,7 +122,19 @@ func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, errInject
 	}
 	if f.agentH1 && g.h1 != nil && h1Eligible(req) {
-		return g.h1.RoundTrip(req)
+		return g.h1.RoundTrip(req) // it drops 1xx responses
+	}
+	if f.scrub != nil && !f.scrub.Empty() {
+		// ReverseProxy relays 1xx responses (103 Early Hints) from its own
+		// trace hook, past ModifyResponse: scrub their header first (hooks
+		// added here run before the ones already in the context).
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			Got1xxResponse: func(_ int, h textproto.MIMEHeader) error {
+				h.Del("Alt-Svc")
+				f.scrub.Header(http.Header(h))
+				return nil
+			},
+		}))
 	}
 	return g.t.RoundTrip(req)
 }

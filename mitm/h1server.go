@@ -49,8 +49,7 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 	lim := &headerLimit{r: c, left: 1 << 62}
 	br := bufio.NewReaderSize(lim, 4096)
 	bw := bufio.NewWriterSize(c, 4096)
-	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), connKey{}, st))
-	defer cancel()
+	ctx := context.WithValue(context.Background(), connKey{}, st)
 	remote := c.RemoteAddr().String()
 	tc, _ := c.NetConn().(*trackedConn)
 	watch := newDisconnectWatch(c, br)

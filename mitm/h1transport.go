@@ -70,7 +70,7 @@ func h1Eligible(req *http.Request) bool {
 // on a fresh one.
 type h1Transport struct {
 	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
-	tlsConfig *tls.Config // cloned per connection with ServerName set
+	tlsConfig *tls.Config // its own (HTTP/1.1 only), cloned per connection with ServerName set
 	maxIdle   int         // per host:port
 	idleTime  time.Duration
 
@@ -110,6 +110,7 @@ func (l *headerLimit) Read(p []byte) (int, error) {
 }
 
 func newH1Transport(dial func(ctx context.Context, network, addr string) (net.Conn, error), cfg *tls.Config) *h1Transport {
+	cfg.NextProtos = []string{"http/1.1"}
 	return &h1Transport{dial: dial, tlsConfig: cfg, maxIdle: 256, idleTime: 90 * time.Second, idle: map[string][]*h1Conn{}}
 }
 
@@ -265,7 +266,6 @@ func (t *h1Transport) connect(ctx context.Context, scheme, hostport, key string)
 		host, _, _ := net.SplitHostPort(hostport)
 		cfg := t.tlsConfig.Clone()
 		cfg.ServerName = host
-		cfg.NextProtos = []string{"http/1.1"}
 		tc := tls.Client(raw, cfg)
 		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 		err := tc.HandshakeContext(hctx)

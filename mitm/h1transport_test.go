@@ -2,11 +2,14 @@ package mitm
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -309,5 +312,40 @@ func TestH1TransportTruncatedLargeBody(t *testing.T) {
 	n, err := io.Copy(io.Discard, resp.Body)
 	if err == nil || n >= 2<<20 {
 		t.Fatalf("read %d bytes, err %v; want the cut to show", n, err)
+	}
+}
+
+// A 103 Early Hints response echoing the credential reaches the agent
+// scrubbed, on both upstream paths (HTTP/2 agents take net/http's
+// Transport, which relays 1xx responses; HTTP/1.1 agents' fast path drops
+// them).
+func TestEarlyHintsAreScrubbed(t *testing.T) {
+	for _, h2 := range []bool{true, false} {
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
+			e := newEnv(t)
+			var hints []http.Header
+			trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				hints = append(hints, http.Header(h).Clone())
+				return nil
+			}}
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", e.url("api.example.test", "/early"), nil)
+			resp, err := e.proxyClient(agentToken, h2).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			for _, h := range hints {
+				if strings.Contains(fmt.Sprint(h), sentinel) || h.Get("Alt-Svc") != "" {
+					t.Fatalf("a 1xx response reached the agent with %v", h)
+				}
+			}
+			if h2 && len(hints) == 0 {
+				t.Fatal("no 1xx reached the HTTP/2 agent: the relay this test is about did not run")
+			}
+		})
 	}
 }

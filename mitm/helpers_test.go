@@ -137,6 +137,15 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.got = append(u.got, received{r.Method, r.Host, r.URL.Path, r.URL.RawQuery, r.Proto, r.Header.Clone(), string(body)})
 	u.mu.Unlock()
 	switch r.URL.Path {
+	case "/early":
+		// 103 Early Hints echoing the credential, then the answer
+		w.Header().Set("X-Early-Echo", r.Header.Get("Authorization"))
+		w.Header().Set("Alt-Svc", `h3=":443"`)
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("X-Early-Echo")
+		w.Header().Del("Alt-Svc")
+		w.Write([]byte("ok"))
+		return
 	case "/sse":
 		w.Header().Set("Content-Type", "text/event-stream")
 		fmt.Fprint(w, "data: one\n\n")

@@ -44,23 +44,19 @@ func (b *Broker) start() {
 func (b *Broker) enter() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed {
+	if b.closed.Load() {
 		return false
 	}
 	b.wg.Add(1)
 	return true
 }
 
-func (b *Broker) isClosed() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.closed
-}
+func (b *Broker) isClosed() bool { return b.closed.Load() }
 
 func (b *Broker) addListener(l net.Listener) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed {
+	if b.closed.Load() {
 		return false
 	}
 	b.listeners[l] = struct{}{}
@@ -131,11 +127,11 @@ func (b *Broker) ServeProxy(l net.Listener) error {
 // ctx's error if it had to cut requests short.
 func (b *Broker) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
-	if b.closed {
+	if b.closed.Load() {
 		b.mu.Unlock()
 		return nil
 	}
-	b.closed = true
+	b.closed.Store(true)
 	ls := make([]net.Listener, 0, len(b.listeners))
 	for l := range b.listeners {
 		ls = append(ls, l)
@@ -256,12 +252,21 @@ func (c *trackedConn) cork() {
 func (c *trackedConn) uncork() error {
 	c.corkMu.Lock()
 	buf := c.wbuf
-	c.corked, c.wbuf = false, c.wbuf[:0]
+	c.corked = false
 	c.corkMu.Unlock()
 	if len(buf) == 0 {
 		return nil
 	}
 	_, err := c.Conn.Write(buf)
+	c.corkMu.Lock()
+	// keep a buffer the size of one large write for the next; a larger one
+	// would stay with a keep-alive connection until it closes
+	if cap(buf) <= 2*corkAbove+4096 {
+		c.wbuf = buf[:0]
+	} else {
+		c.wbuf = nil
+	}
+	c.corkMu.Unlock()
 	return err
 }
 
