@@ -317,6 +317,17 @@ func TestCloseFlushesWriter(t *testing.T) {
 	time.Sleep(time.Millisecond) // let some, not necessarily all, enqueue
 	mustClose(t, s)
 	wg.Wait()
+	// Close itself committed them: the bucket holds every accepted row and
+	// no journal is left for a reopen to replay
+	onDisk := rawRows(t, path)
+	for i, r := range results {
+		if r.err == nil && onDisk[r.ev.Seq] == nil {
+			t.Fatalf("append %d (seq %d) succeeded but Close did not commit it", i, r.ev.Seq)
+		}
+	}
+	if left, _ := filepath.Glob(journalPath(path) + "*"); len(left) != 0 {
+		t.Fatalf("journal files left after Close: %v", left)
+	}
 
 	s = openTest(t, path, testOptions())
 	committed := 0

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"sync"
@@ -104,17 +103,22 @@ type journalRow struct {
 
 // journal is the chain head, the journal file and the queue of rows the
 // folder has not committed yet. mu orders every seal, so the journal's
-// order is the chain's order. Lock order: bbolt's write lock, then mu.
+// order is the chain's order. commitMu spans a write transaction that
+// takes queued rows and the settling of them afterwards (committed, or
+// queued again): without it, another commit could land in between and
+// move folded past rows that are back on the queue, leaving a gap. Lock
+// order: commitMu, bbolt's write lock, mu.
 type journal struct {
-	mu      sync.Mutex
-	seq     uint64 // the last sealed row
-	hash    string // its hash
-	pending []journalRow
-	spare   []journalRow // the folder's other buffer
-	folded  uint64       // the last row committed to bbolt
-	foldErr error        // the last commit's error; Append fails closed while set
-	broken  error        // the journal could not be written or repaired; permanent
-	closed  bool
+	commitMu sync.Mutex
+	mu       sync.Mutex
+	seq      uint64 // the last sealed row
+	hash     string // its hash
+	pending  []journalRow
+	spare    []journalRow // the folder's other buffer
+	folded   uint64       // the last row committed to bbolt
+	foldErr  error        // the last commit's error; Append fails closed while set
+	broken   error        // the journal could not be written or repaired; permanent
+	closed   bool
 	// foldedCh is closed (and replaced) after every commit and on every
 	// change of foldErr or closed; waiters re-check their condition.
 	foldedCh chan struct{}
@@ -150,16 +154,16 @@ func (j *journal) broadcast() {
 // write(2) for all). Caller holds mu. The head moves only if the write
 // succeeded.
 func (j *journal) seal(ev *audit.Event) (journalRow, error) {
-	row, line, err := j.encode(ev)
+	row, err := j.encode(ev)
 	if err != nil {
 		return journalRow{}, err
 	}
 	start := len(j.unwritten)
-	j.unwritten = append(j.unwritten, line...)
+	j.unwritten = append(append(j.unwritten, row.raw...), '\n')
 	if err := j.flushUnwritten(); err != nil {
-		if j.broken == nil {
-			j.unwritten = j.unwritten[:start] // only this row failed; nothing else was waiting
-		}
+		// this row is not recorded; the follow-up lines before it stay
+		// for the next write
+		j.unwritten = j.unwritten[:start]
 		return journalRow{}, err
 	}
 	j.advance(ev, row)
@@ -173,28 +177,28 @@ func (j *journal) sealLater(ev *audit.Event) (journalRow, error) {
 	if j.broken != nil {
 		return journalRow{}, j.broken
 	}
-	row, line, err := j.encode(ev)
+	row, err := j.encode(ev)
 	if err != nil {
 		return journalRow{}, err
 	}
-	j.unwritten = append(j.unwritten, line...)
+	j.unwritten = append(append(j.unwritten, row.raw...), '\n')
 	j.advance(ev, row)
 	return row, nil
 }
 
 // encode seals a copy of ev as the row after the head, without moving it.
-func (j *journal) encode(ev *audit.Event) (journalRow, []byte, error) {
+func (j *journal) encode(ev *audit.Event) (journalRow, error) {
 	if j.broken != nil {
-		return journalRow{}, nil, j.broken
+		return journalRow{}, j.broken
 	}
 	e := *ev
 	e.Seq = j.seq + 1
 	raw, err := audit.Seal(&e, j.hash)
 	if err != nil {
-		return journalRow{}, nil, err
+		return journalRow{}, err
 	}
 	*ev = e
-	return journalRow{seq: e.Seq, raw: raw}, append(raw, '\n'), nil
+	return journalRow{seq: e.Seq, raw: raw}, nil
 }
 
 func (j *journal) advance(ev *audit.Event, row journalRow) {
@@ -202,9 +206,9 @@ func (j *journal) advance(ev *audit.Event, row journalRow) {
 }
 
 // flushUnwritten writes the lines waiting for a write. A failed write is
-// cut back off the file; if rows sealed earlier were among the lines (they
-// are chained already) or the cut fails, the journal is broken for good.
-// Caller holds mu.
+// cut back off the file and the lines stay, in order, for the next
+// attempt; only a cut that fails breaks the journal for good (a torn line
+// would be followed by others). Caller holds mu.
 func (j *journal) flushUnwritten() error {
 	if len(j.unwritten) == 0 {
 		return nil
@@ -225,10 +229,6 @@ func (j *journal) flushUnwritten() error {
 			j.broken = fmt.Errorf("%w; and the torn row could not be removed: %v", err, terr)
 			return j.broken
 		}
-	}
-	if bytes.Count(j.unwritten, []byte{'\n'}) > 1 {
-		j.broken = fmt.Errorf("%w (follow-up rows sealed earlier were in the failed write)", err)
-		return j.broken
 	}
 	return err
 }

@@ -178,9 +178,10 @@ func (s *Store) appendTx(tx *bolt.Tx, ev *audit.Event) error {
 // settles the rows appendTx moved: committed on success, queued again on
 // failure.
 func (s *Store) writeTx(fn func(tx *bolt.Tx) error) error {
+	s.jr.commitMu.Lock()
+	defer s.jr.commitMu.Unlock()
 	var rows []journalRow
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		s.jr.txRows = s.jr.txRows[:0]
 		err := fn(tx)
 		rows = s.jr.txRows
 		s.jr.txRows = nil

@@ -53,7 +53,6 @@ func (s *Store) foldLoop() {
 			}
 		}
 		n := s.foldOnce()
-		last = n
 		for ; n < 0; n = s.foldOnce() {
 			select { // a failing disk: retry, but let Close end the wait
 			case <-time.After(foldRetry):
@@ -84,6 +83,8 @@ var errNothingToFold = errors.New("nothing to fold")
 // it committed, or -1 if the commit failed (the rows stay queued).
 func (s *Store) foldOnce() int {
 	j := &s.jr
+	j.commitMu.Lock()
+	defer j.commitMu.Unlock()
 	var rows []journalRow
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		j.mu.Lock()

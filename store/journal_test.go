@@ -331,3 +331,41 @@ func rawRows(t *testing.T, path string) map[uint64]json.RawMessage {
 	})
 	return rows
 }
+
+// A journal write that fails once refuses that one row and nothing more:
+// follow-up rows waiting for a write go out with the next row, and the
+// chain has no gap.
+func TestJournalWriteFailureIsNotPermanent(t *testing.T) {
+	s, path := newStore(t)
+	ctx := context.Background()
+	fu := &audit.Event{Actor: agentActor("bot"), Action: "request.complete"}
+	if err := s.AppendFollowUp(fu); err != nil {
+		t.Fatal(err)
+	}
+	// the disk refuses the next write
+	ro, err := os.Open(journalPath(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.jr.mu.Lock()
+	good := s.jr.file
+	s.jr.file = ro
+	s.jr.mu.Unlock()
+	if err := s.Append(ctx, &audit.Event{Actor: audit.System, Action: "refused"}); err == nil {
+		t.Fatal("an append whose journal write failed succeeded")
+	}
+	s.jr.mu.Lock()
+	s.jr.file = good
+	s.jr.mu.Unlock()
+	ro.Close()
+	ev := &audit.Event{Actor: audit.System, Action: "after"}
+	if err := s.Append(ctx, ev); err != nil {
+		t.Fatalf("append after the disk recovered: %v", err)
+	}
+	if ev.Seq != fu.Seq+1 {
+		t.Fatalf("seq %d after follow-up %d: the refused row left a gap", ev.Seq, fu.Seq)
+	}
+	if n, err := s.AuditVerify(); err != nil || n != 3 {
+		t.Fatalf("verify = %d, %v; want store.create, the follow-up and the last row", n, err)
+	}
+}
