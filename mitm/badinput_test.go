@@ -2,14 +2,19 @@ package mitm
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/agentvault/agent-vault/policy"
 )
 
 // tunnel opens a CONNECT tunnel to api.example.test and a TLS session in
@@ -160,4 +165,33 @@ func TestUpstreamFailureIs502WithoutSecret(t *testing.T) {
 		t.Fatal("the 502 names the secret")
 	}
 	e.assertNoSecretLeak()
+}
+
+// An upstream error whose text carries the credential (a server echoing it
+// in a refusal, a URL with the value in it) is logged redacted and never
+// sent to the agent — whether or not Rewrite got to compile the scrubber.
+func TestUpstreamErrorTextIsRedacted(t *testing.T) {
+	e := newEnv(t)
+	svc := &policy.Service{Name: "api"}
+	for _, withScrubber := range []bool{false, true} {
+		f := &forward{svc: svc, secret: []byte(sentinel), host: "api.example.test"}
+		if withScrubber {
+			f.scrub = e.b.scrubs.get([][]byte{f.secret})
+		}
+		r := httptest.NewRequest("GET", "https://api.example.test/x", nil)
+		r = r.WithContext(context.WithValue(r.Context(), forwardKey{}, f))
+		w := httptest.NewRecorder()
+		e.b.upstreamError(w, r, fmt.Errorf("read from api.example.test: upstream said bad token %q (%s)", sentinel,
+			base64.StdEncoding.EncodeToString([]byte(sentinel))))
+		if w.Code != http.StatusBadGateway || strings.Contains(w.Body.String(), sentinel) {
+			t.Fatalf("answer %d %q", w.Code, w.Body.String())
+		}
+		if !strings.Contains(e.logs.String(), "upstream request failed") {
+			t.Fatal("the failure was not logged")
+		}
+	}
+	if strings.Contains(e.logs.String(), base64.StdEncoding.EncodeToString([]byte(sentinel))) {
+		t.Fatal("the log holds the credential base64-encoded")
+	}
+	// assertNoSecretLeak (at cleanup) scans the log for the raw value
 }

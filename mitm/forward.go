@@ -37,8 +37,7 @@ type forward struct {
 	tls     bool
 	dest    dest
 	log     *reqLog
-	forms   [][]byte        // every encoding of every injected value, for scrubbing
-	scrub   *scrub.Scrubber // forms compiled once for headers, body and trailers
+	scrub   *scrub.Scrubber // every encoding of every injected value, compiled once for headers, body, trailers and error text
 	injErr  error
 	errCode string
 	status  int  // the upstream's status, seen in ModifyResponse
@@ -186,8 +185,7 @@ func (b *Broker) rewrite(pr *httputil.ProxyRequest) {
 		return
 	}
 	if f.svc.Auth.Kind != policy.AuthNone {
-		e := b.scrubs.get(append(injected, f.secret))
-		f.forms, f.scrub = e.forms, e.s
+		f.scrub = b.scrubs.get(append(injected, f.secret))
 	}
 }
 
@@ -237,11 +235,11 @@ func (t *trailerScrubber) Read(p []byte) (int, error) {
 func (b *Broker) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	f := forwardFrom(r.Context())
 	host := ""
-	var forms [][]byte
+	var redactor *scrub.Scrubber
 	if f != nil {
-		host, forms = f.host, f.forms
-		if len(forms) == 0 && len(f.secret) > 0 {
-			forms = scrub.Forms([][]byte{f.secret})
+		host, redactor = f.host, f.scrub
+		if redactor == nil && len(f.secret) > 0 {
+			redactor = b.scrubs.get([][]byte{f.secret}) // injection failed before Rewrite compiled one
 		}
 	}
 	code, status, msg := CodeUpstreamError, http.StatusBadGateway, "the request to "+host+" failed"
@@ -274,21 +272,15 @@ func (b *Broker) upstreamError(w http.ResponseWriter, r *http.Request, err error
 	if f != nil {
 		f.errCode = code
 	}
-	b.log.Warn("upstream request failed", "host", host, "code", code, "err", redact(err.Error(), forms))
+	text := []byte(err.Error())
+	if redactor != nil {
+		redactor.Redact(text)
+	}
+	b.log.Warn("upstream request failed", "host", host, "code", code, "err", string(text))
 	if status == 499 {
 		return // nobody to answer
 	}
 	writeAgentError(w, status, code, msg, "")
-}
-
-// redact replaces every form of a secret in s.
-func redact(s string, forms [][]byte) string {
-	for _, f := range forms {
-		if len(f) > 0 {
-			s = strings.ReplaceAll(s, string(f), "[REDACTED]")
-		}
-	}
-	return s
 }
 
 // bufferPool recycles ReverseProxy's copy buffers.

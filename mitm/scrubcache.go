@@ -17,17 +17,12 @@ import (
 // replaced secret do not linger.
 type scrubCache struct {
 	mu sync.Mutex
-	m  map[[32]byte]*scrubEntry
-}
-
-type scrubEntry struct {
-	forms [][]byte
-	s     *scrub.Scrubber
+	m  map[[32]byte]*scrub.Scrubber
 }
 
 const scrubCacheMax = 1024
 
-func (c *scrubCache) get(values [][]byte) *scrubEntry {
+func (c *scrubCache) get(values [][]byte) *scrub.Scrubber {
 	h := sha256.New()
 	var n [8]byte
 	for _, v := range values {
@@ -43,11 +38,10 @@ func (c *scrubCache) get(values [][]byte) *scrubEntry {
 	if e != nil {
 		return e
 	}
-	forms := scrub.Forms(values)
-	e = &scrubEntry{forms: forms, s: scrub.New(forms)}
+	e = scrub.New(scrub.Forms(values))
 	c.mu.Lock()
 	if c.m == nil || len(c.m) >= scrubCacheMax {
-		c.m = map[[32]byte]*scrubEntry{}
+		c.m = map[[32]byte]*scrub.Scrubber{}
 	}
 	c.m[key] = e
 	c.mu.Unlock()
