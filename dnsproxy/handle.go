@@ -2,6 +2,7 @@ package dnsproxy
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 
@@ -156,6 +157,9 @@ func (p *Proxy) record(agent *policy.Agent, src netip.AddrPort, name string, qty
 }
 
 func (p *Proxy) logQuery(agent *policy.Agent, src netip.AddrPort, name string, qtype uint16, reason Reason, rcode int) {
+	if !p.log.Enabled(context.Background(), slog.LevelDebug) {
+		return // every query comes here: build nothing the log would drop
+	}
 	agentName := ""
 	if agent != nil {
 		agentName = agent.Name

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,19 +158,10 @@ func normalizeUpstream(s string) (string, error) {
 		}
 		return s, nil
 	}
-	if _, err := netip.ParseAddr(s); err == nil || !containsColon(s) {
+	if _, err := netip.ParseAddr(s); err == nil || !strings.Contains(s, ":") {
 		return net.JoinHostPort(s, "53"), nil
 	}
 	return "", fmt.Errorf("upstream resolver %q is not host:port", s)
-}
-
-func containsColon(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == ':' {
-			return true
-		}
-	}
-	return false
 }
 
 // SetPolicy installs a new policy snapshot. Pins of agents that are gone or
@@ -223,9 +215,6 @@ func (p *Proxy) Hold(agent, host string, ip netip.Addr) (release func()) {
 	release, _ = p.Acquire(agent, host, ip)
 	return release
 }
-
-// Evictions counts pins evicted because an agent reached MaxPinsPerAgent.
-func (p *Proxy) Evictions() uint64 { return p.pins.evictions.Load() }
 
 // Stats are the proxy's counters, for metrics.
 type Stats struct {

@@ -347,7 +347,7 @@ func TestPinLRUBoundAndEvictionCounter(t *testing.T) {
 			t.Errorf("%s evicted", c.n)
 		}
 	}
-	if got := p.Evictions(); got != 2 {
+	if got := p.Stats().PinEvictions; got != 2 {
 		t.Errorf("evictions %d, want 2", got)
 	}
 	if got := p.Stats().Pins; got != 3 {

@@ -2,7 +2,6 @@ package dnsproxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -19,8 +18,6 @@ const (
 	// maxAddrs bounds how many addresses of one answer are kept and pinned.
 	maxAddrs = 32
 )
-
-var errUpstreamRcode = errors.New("upstream answered with an error code")
 
 // exchangeFunc sends one query upstream. The default is (*Proxy).forward;
 // tests replace it to observe what would leave the appliance.

@@ -35,10 +35,9 @@ type LocalConfig struct {
 
 // Local is local mode attached to one cgroup.
 type Local struct {
-	objs     *bpf.Objects
-	cgroup   string // absolute path
-	cgroupID uint64
-	plan     Plan // the backstop; empty with NoBackstop
+	objs   *bpf.Objects
+	cgroup string // absolute path
+	plan   Plan   // the backstop; empty with NoBackstop
 
 	mu    sync.Mutex
 	links []link.Link
@@ -147,10 +146,6 @@ func AttachCgroup(path string, cfg LocalConfig) (*Local, error) {
 	if sfs.Type != unix.CGROUP2_SUPER_MAGIC {
 		return nil, fmt.Errorf("agents cgroup %s is not on cgroup2", abs)
 	}
-	id, err := CgroupID(abs)
-	if err != nil {
-		return nil, err
-	}
 	cookie, err := NetnsCookie()
 	if err != nil {
 		return nil, err
@@ -162,7 +157,7 @@ func AttachCgroup(path string, cfg LocalConfig) (*Local, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Local{objs: objs, cgroup: abs, cgroupID: id}
+	l := &Local{objs: objs, cgroup: abs}
 	if !cfg.NoBackstop {
 		l.plan = LocalBackstopPlan(BackstopConfig{
 			CgroupPath:   "/" + strings.TrimPrefix(filepath.ToSlash(rel), "."),
@@ -184,10 +179,6 @@ func AttachCgroup(path string, cfg LocalConfig) (*Local, error) {
 	}
 	return l, nil
 }
-
-// CgroupID is the id of the agents' cgroup itself (agents in a descendant
-// cgroup report that descendant's id).
-func (l *Local) CgroupID() uint64 { return l.cgroupID }
 
 // Backstop is the iptables plan installed with the programs (empty with NoBackstop).
 func (l *Local) Backstop() Plan { return l.plan }
