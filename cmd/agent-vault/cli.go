@@ -138,7 +138,6 @@ type nameAction struct {
 	noun, done      string  // "Service", "deleted"
 	vault           *string // not nil: --vault is required and named in the output
 	do              func(ctx context.Context, c *client.Client, vault, name string) error
-	explain         func(cmd *cobra.Command, err error) error // nil: app.explain
 }
 
 // nameActionCmd is the command n describes, with --json bound to asJSON
@@ -147,9 +146,6 @@ func (a *app) nameActionCmd(asJSON *bool, n nameAction) *cobra.Command {
 	use := n.use + " " + n.arg
 	if n.vault != nil {
 		use = n.use + " --vault VAULT " + n.arg
-	}
-	if n.explain == nil {
-		n.explain = a.explain
 	}
 	return &cobra.Command{
 		Use:   use,
@@ -168,7 +164,7 @@ func (a *app) nameActionCmd(asJSON *bool, n nameAction) *cobra.Command {
 				return err
 			}
 			if err := n.do(cmd.Context(), c, vault, args[0]); err != nil {
-				return n.explain(cmd, err)
+				return a.explain(cmd, err)
 			}
 			if *asJSON {
 				out := map[string]string{n.done: args[0]}
@@ -253,7 +249,15 @@ func (a *app) explain(cmd *cobra.Command, err error) error {
 		case api.CodeSetupDone:
 			return withHint(errors.New("setup is already done"), "log in with 'agent-vault login --email YOU@EXAMPLE.COM'")
 		case api.CodeForbidden:
-			return withHint(ae, "ask an owner to do it")
+			return withHint(ae, "ask an owner for a role that allows it ('agent-vault user grant')")
+		case api.CodeAgentToken:
+			return withHint(ae, "this needs a human session: unset AGENT_VAULT_TOKEN and run 'agent-vault login'")
+		case api.CodeStale:
+			return withHint(ae, "run 'agent-vault proposal show ID' again, review the new content and approve with its hash")
+		case api.CodeNotPending:
+			return withHint(ae, "see its state with 'agent-vault proposal show ID'")
+		case api.CodeLimit:
+			return withHint(ae, "wait until a human approves or rejects the pending proposals")
 		case api.CodeNotFound:
 			return withHint(ae, "check the name with the matching 'list' command")
 		case api.CodeExists:

@@ -206,7 +206,7 @@ each row is one JSON line.`,
 				return nil
 			})
 			if err != nil && cmd.Context().Err() == nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			return nil
 		},
@@ -251,7 +251,7 @@ offline) to stdout or to FILE (mode 0600).`,
 				err = fmt.Errorf("write export: %w", ferr)
 			}
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			if file != nil {
 				if err := file.Close(); err != nil {

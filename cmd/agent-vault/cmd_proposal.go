@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -10,30 +9,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/agentvault/agent-vault/admin/api"
-	"github.com/agentvault/agent-vault/admin/client"
 	"github.com/agentvault/agent-vault/policy"
 )
-
-// explainControl is explain with hints for the proposal, user and session
-// error codes.
-func (a *app) explainControl(cmd *cobra.Command, err error) error {
-	var ae *client.APIError
-	if errors.As(err, &ae) {
-		switch ae.Code {
-		case api.CodeStale:
-			return withHint(ae, "run 'agent-vault proposal show ID' again, review the new content and approve with its hash")
-		case api.CodeNotPending:
-			return withHint(ae, "see its state with 'agent-vault proposal show ID'")
-		case api.CodeLimit:
-			return withHint(ae, "wait until a human approves or rejects the pending proposals")
-		case api.CodeAgentToken:
-			return withHint(ae, "this needs a human session: unset AGENT_VAULT_TOKEN and run 'agent-vault login'")
-		case api.CodeForbidden:
-			return withHint(ae, "ask an owner for a role that allows it ('agent-vault user grant')")
-		}
-	}
-	return a.explain(cmd, err)
-}
 
 // clean makes text an agent supplied safe to print on a terminal: control
 // characters become '?'.
@@ -84,7 +61,7 @@ must look again). Prints the proposal id.`,
 			}
 			p, err := c.CreateProposal(cmd.Context(), req)
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			if asJSON {
 				return a.printJSON(p)
@@ -120,7 +97,7 @@ must look again). Prints the proposal id.`,
 			}
 			ps, err := c.Proposals(cmd.Context(), filter)
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			header := []string{"ID", "STATE", "VAULT", "AGENT", "SERVICE", "HOST", "AUTH", "CREDENTIAL", "CREATED"}
 			return printList(a, asJSON, ps, header, func(p api.Proposal) []string {
@@ -151,7 +128,7 @@ refused and the proposal must be reviewed again.`,
 			}
 			p, err := c.Proposal(cmd.Context(), id)
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			if asJSON {
 				return a.printJSON(p)
@@ -186,7 +163,7 @@ of the requested slot; --no-value uses a credential that already exists.`,
 			}
 			p, err := c.Proposal(cmd.Context(), id)
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			if p.Service.Auth.Kind != policy.AuthNone && !noValue {
 				v, err := a.readSecret("credential value", false)
@@ -198,7 +175,7 @@ of the requested slot; --no-value uses a credential that already exists.`,
 			}
 			out, err := c.ApproveProposal(cmd.Context(), id, ap)
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			if asJSON {
 				return a.printJSON(out)
@@ -231,7 +208,7 @@ of the requested slot; --no-value uses a credential that already exists.`,
 			}
 			out, err := c.RejectProposal(cmd.Context(), id, rj)
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			if asJSON {
 				return a.printJSON(out)

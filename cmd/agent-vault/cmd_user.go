@@ -43,7 +43,7 @@ approver (decides proposals, reads the audit log), viewer (reads). Without
 			}
 			inv, err := c.InviteUser(cmd.Context(), api.UserInvite{Email: email, Role: role, Vault: vault})
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			if asJSON {
 				return a.printJSON(inv)
@@ -80,7 +80,7 @@ first line and the password on the second.`,
 				if client.IsCode(err, api.CodeUnauthorized) {
 					return withHint(err, "ask the owner for a new invite")
 				}
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			path, err := a.saveSession(c.BaseURL(), savedSession{Token: st.Token, Email: st.Email, ExpiresAt: st.ExpiresAt})
 			if err != nil {
@@ -106,7 +106,7 @@ first line and the password on the second.`,
 			}
 			us, err := c.Users(cmd.Context())
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			return printList(a, asJSON, us, []string{"EMAIL", "ROLES", "STATE", "CREATED"}, func(u api.Account) []string {
 				state := "active"
@@ -132,7 +132,7 @@ first line and the password on the second.`,
 			}
 			acc, err := c.GrantRole(cmd.Context(), args[0], api.RoleGrant{Role: role, Vault: vault})
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			if asJSON {
 				return a.printJSON(acc)
@@ -145,7 +145,7 @@ first line and the password on the second.`,
 	grant.Flags().StringVar(&vault, "vault", "", "the role applies in this vault only")
 
 	remove := a.nameActionCmd(&asJSON, nameAction{
-		use: "remove", arg: "EMAIL", noun: "User", done: "removed", explain: a.explainControl,
+		use: "remove", arg: "EMAIL", noun: "User", done: "removed",
 		short: "Remove a user and end their sessions",
 		do: func(ctx context.Context, c *client.Client, _, email string) error {
 			return c.RemoveUser(ctx, email)
@@ -220,7 +220,7 @@ func (a *app) whoamiCmd() *cobra.Command {
 			}
 			w, err := c.WhoAmI(cmd.Context())
 			if err != nil {
-				return a.explainControl(cmd, err)
+				return a.explain(cmd, err)
 			}
 			if asJSON {
 				return a.printJSON(w)

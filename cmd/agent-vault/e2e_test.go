@@ -241,6 +241,7 @@ func TestOperatorEndToEnd(t *testing.T) {
 	// restart with JSON logs: everything persisted, the saved session too
 	o.stop()
 	textLog := srv.Log()
+	textLen := len(textLog) // the log keeps earlier runs' (text) lines
 	o.start("--log-format", "json")
 	if out := o.ok("", "vault", "list"); !strings.Contains(out, "prod") {
 		t.Fatalf("vault list after restart: %q", out)
@@ -266,7 +267,7 @@ func TestOperatorEndToEnd(t *testing.T) {
 	if code := exitCode(err); code != 1 || !strings.Contains(string(out), "locked by another agent-vault server") {
 		t.Fatalf("second server: exit %d: %s", code, out)
 	}
-	jsonLog := srv.Log()
+	jsonLog := srv.Log()[textLen:]
 	o.stop()
 	for _, line := range strings.Split(strings.TrimSpace(jsonLog), "\n") {
 		if !json.Valid([]byte(line)) {
