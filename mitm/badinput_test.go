@@ -195,3 +195,16 @@ func TestUpstreamErrorTextIsRedacted(t *testing.T) {
 	}
 	// assertNoSecretLeak (at cleanup) scans the log for the raw value
 }
+
+// validSNI refuses what the CA would refuse to mint for, so such names end
+// as invalid_sni, not as a leaf-minting error.
+func TestValidSNIHyphens(t *testing.T) {
+	for name, want := range map[string]bool{
+		"api.example.test": true, "a-b.example.test": true, "localhost": true,
+		"-x.example.test": false, "x-.example.test": false, "api.example.test-": false, "-": false, "a..b": false,
+	} {
+		if got := validSNI(name); got != want {
+			t.Errorf("validSNI(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

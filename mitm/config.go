@@ -213,12 +213,6 @@ func (b *Broker) SetPolicy(s *policy.Snapshot) {
 	b.closeInactive()
 }
 
-// Policy returns the snapshot in force.
-func (b *Broker) Policy() *policy.Snapshot { return b.snap.Load() }
-
-// CACertPEM returns the root certificate agents must trust.
-func (b *Broker) CACertPEM() []byte { return b.cfg.CA.CertPEM() }
-
 // newTLSOuter is the one configuration every agent-facing handshake
 // starts from. Its GetConfigForClient decides on the ClientHello (the
 // connection's state travels on the trackedConn). Being shared, its

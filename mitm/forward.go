@@ -36,7 +36,6 @@ type forward struct {
 	port    int
 	tls     bool
 	dest    dest
-	log     *reqLog
 	scrub   *scrub.Scrubber // every encoding of every injected value, compiled once for headers, body, trailers and error text
 	injErr  error
 	errCode string

@@ -52,7 +52,6 @@ type reqLog struct {
 	status   int
 	bytes    int64
 	seq      uint64
-	logged   bool
 }
 
 // serveTerminated is the inner server's handler: every request on a
@@ -206,7 +205,7 @@ func (b *Broker) handle(w http.ResponseWriter, r *http.Request, st *connState) {
 	}
 	rl.decision, rl.reason, rl.seq = audit.DecisionAllow, string(dec.Reason), intent.Seq
 
-	f := &forward{svc: svc, secret: secret, host: host, port: d.port, tls: st.kind.tls(), dest: d, log: rl, agentH1: r.ProtoMajor == 1}
+	f := &forward{svc: svc, secret: secret, host: host, port: d.port, tls: st.kind.tls(), dest: d, agentH1: r.ProtoMajor == 1}
 	cw := &countingWriter{ResponseWriter: w}
 	aborted := b.forward(cw, r.WithContext(context.WithValue(r.Context(), forwardKey{}, f)))
 	rl.status, rl.bytes = cw.code(), cw.n
@@ -231,9 +230,7 @@ func (b *Broker) handle(w http.ResponseWriter, r *http.Request, st *connState) {
 	}
 	b.auditComplete(complete)
 	if aborted {
-		b.finishLog(rl)
-		rl.logged = true
-		panic(http.ErrAbortHandler) // let the server drop the stream, as ReverseProxy meant
+		panic(http.ErrAbortHandler) // let the server drop the stream, as ReverseProxy meant (the deferred log line still runs)
 	}
 }
 
@@ -254,9 +251,6 @@ func (b *Broker) forward(w http.ResponseWriter, r *http.Request) (aborted bool) 
 }
 
 func (b *Broker) finishLog(rl *reqLog) {
-	if rl.logged {
-		return
-	}
 	// typed attributes: no boxing on the one line every request logs
 	b.log.LogAttrs(context.Background(), slog.LevelInfo, "request",
 		slog.String("mode", rl.mode), slog.String("agent", rl.agent), slog.String("vault", rl.vault),

@@ -346,7 +346,8 @@ func containsAddr(list []netip.Addr, a netip.Addr) bool {
 }
 
 // validSNI accepts a DNS name of letters, digits, '-' and '.', without empty
-// labels, and not an IP address. Single-label names ("localhost") pass: no
+// labels or labels that start or end with '-' (the CA would refuse to mint
+// for one), and not an IP address. Single-label names ("localhost") pass: no
 // service can be declared for one, so they end in 403 no_service.
 func validSNI(name string) bool {
 	if name == "" || len(name) > 253 {
@@ -360,18 +361,18 @@ func validSNI(name string) bool {
 		c := name[i]
 		switch {
 		case c == '.':
-			if label == 0 {
+			if label == 0 || name[i-1] == '-' {
 				return false
 			}
 			label = 0
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-' && label > 0:
 			label++
 			if label > 63 {
 				return false
 			}
 		default:
-			return false
+			return false // a label starting with '-' included
 		}
 	}
-	return label > 0
+	return label > 0 && name[len(name)-1] != '-'
 }

@@ -394,32 +394,12 @@ type mutation struct {
 // update runs fn and appends m's audit event in one Update transaction, so a
 // change and its audit row commit together or not at all.
 func (s *Store) update(m *mutation, fn func(tx *bolt.Tx) error) error {
-	err := s.writeTx(func(tx *bolt.Tx) error {
+	return s.updateEvents(m.policy, func(tx *bolt.Tx) ([]audit.Event, error) {
 		if err := fn(tx); err != nil {
-			return err
+			return nil, err
 		}
-		if m.policy {
-			meta := tx.Bucket([]byte(bucketMeta))
-			v := meta.Get(metaPolicyVersion)
-			var n uint64
-			if len(v) == 8 {
-				n = binary.BigEndian.Uint64(v)
-			}
-			if err := meta.Put(metaPolicyVersion, be64(n+1)); err != nil {
-				return fmt.Errorf("bump policy version: %w", err)
-			}
-		}
-		ev := m.event
-		return s.appendTx(tx, &ev)
+		return []audit.Event{m.event}, nil
 	})
-	if err != nil {
-		return err
-	}
-	if m.policy {
-		s.policyChanged()
-	}
-	s.audited.poke()
-	return nil
 }
 
 // be64 encodes a big-endian key for numbered records.

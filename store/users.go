@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -111,19 +110,13 @@ func (s *Store) UserByEmail(email string) (User, error) {
 	var u User
 	found := false
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return bucket(tx, bucketUsers).ForEach(func(k, v []byte) error {
-			var rec userRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode user %d: %w", binary.BigEndian.Uint64(k), err)
-			}
-			if strings.EqualFold(rec.Email, email) {
-				u, found = rec.user(binary.BigEndian.Uint64(k)), true
-				return errStop
-			}
-			return nil
-		})
+		id, rec, ok, err := getUserByEmail(bucket(tx, bucketUsers), email)
+		if ok {
+			u, found = rec.user(id), true
+		}
+		return err
 	})
-	if err != nil && err != errStop {
+	if err != nil {
 		return User{}, fmt.Errorf("find user: %w", err)
 	}
 	if !found {

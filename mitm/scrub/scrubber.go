@@ -144,12 +144,6 @@ func (s *Scrubber) Redact(b []byte) int {
 	return n
 }
 
-// Contains reports whether b holds any form.
-func (s *Scrubber) Contains(b []byte) bool {
-	var buf [8]interval
-	return len(s.find(b, len(b), buf[:0])) > 0
-}
-
 func (s *Scrubber) containsString(v string) bool {
 	for _, g := range s.groups {
 		for i := 0; ; {
