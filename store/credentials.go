@@ -66,13 +66,12 @@ func (s *Store) SetCredential(actor audit.Actor, vault, key string, value []byte
 		if err != nil {
 			return err
 		}
+		s.publishSecretOnCommit(tx, vault, key, value)
 		return b.Put(rk, raw)
 	})
 	if err != nil {
 		return Credential{}, fmt.Errorf("set credential %s/%s: %w", vault, key, err)
 	}
-	s.editSecrets(func(m map[secretKey][]byte) { m[secretKey{vault, key}] = value })
-	s.forgetUndecryptable(func(n string) bool { return n == vault+"/"+key })
 	return cred, nil
 }
 
@@ -115,12 +114,11 @@ func (s *Store) DeleteCredential(actor audit.Actor, vault, key string) error {
 		if b.Get(rk) == nil {
 			return fmt.Errorf("credential %q in vault %q: %w", key, vault, ErrNotFound)
 		}
+		s.publishSecretOnCommit(tx, vault, key, nil)
 		return b.Delete(rk)
 	})
 	if err != nil {
 		return fmt.Errorf("delete credential: %w", err)
 	}
-	s.editSecrets(func(m map[secretKey][]byte) { delete(m, secretKey{vault, key}) })
-	s.forgetUndecryptable(func(n string) bool { return n == vault+"/"+key })
 	return nil
 }

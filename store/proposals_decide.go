@@ -70,7 +70,6 @@ func (s *Store) ApproveProposal(actor audit.Actor, id uint64, ap Approval) (Prop
 	value := slices.Clone(ap.Value)
 	now := s.now().UTC()
 	var out Proposal
-	var credKey, credVault string
 	s.credMu.Lock()
 	defer s.credMu.Unlock()
 	err := s.updateEvents(true, func(tx *bolt.Tx) ([]audit.Event, error) {
@@ -114,7 +113,7 @@ func (s *Store) ApproveProposal(actor audit.Actor, id uint64, ap Approval) (Prop
 				if err := cb.Put(rk, raw); err != nil {
 					return nil, err
 				}
-				credKey, credVault = svc.Auth.Credential, svc.Vault
+				s.publishSecretOnCommit(tx, svc.Vault, svc.Auth.Credential, value)
 				events = append(events, audit.Event{Actor: actor, Action: "credential.set", Vault: svc.Vault,
 					Target: svc.Auth.Credential, Credential: svc.Auth.Credential, Reason: "proposal " + strconv.FormatUint(id, 10)})
 			}
@@ -145,10 +144,6 @@ func (s *Store) ApproveProposal(actor audit.Actor, id uint64, ap Approval) (Prop
 	})
 	if err != nil {
 		return Proposal{}, fmt.Errorf("approve proposal %d: %w", id, err)
-	}
-	if credKey != "" {
-		s.editSecrets(func(m map[secretKey][]byte) { m[secretKey{credVault, credKey}] = value })
-		s.forgetUndecryptable(func(n string) bool { return n == credVault+"/"+credKey })
 	}
 	return out, nil
 }

@@ -85,6 +85,24 @@ func (s *Store) loadSecrets() error {
 	return nil
 }
 
+// publishSecretOnCommit sets (value nil: removes) vault/key in the cache
+// when tx commits: before the mutating method runs the policy hook, so a
+// snapshot that names the credential never meets a cache without its
+// value, and a deleted value is gone before anyone is told. Callers hold
+// credMu.
+func (s *Store) publishSecretOnCommit(tx *bolt.Tx, vault, key string, value []byte) {
+	tx.OnCommit(func() {
+		s.editSecrets(func(m map[secretKey][]byte) {
+			if value == nil {
+				delete(m, secretKey{vault, key})
+			} else {
+				m[secretKey{vault, key}] = value
+			}
+		})
+		s.forgetUndecryptable(func(n string) bool { return n == vault+"/"+key })
+	})
+}
+
 // editSecrets publishes a copy of the cache changed by fn. Callers hold credMu.
 func (s *Store) editSecrets(fn func(m map[secretKey][]byte)) {
 	old := s.secrets.Load()
