@@ -177,12 +177,30 @@ func agentsCgroupPath(flag string) (string, error) {
 	if err != nil {
 		return "", withHint(fmt.Errorf("local mode needs cgroup v2: %w", err), "mount cgroup2, or use --redirect gateway")
 	}
-	path := flag
-	if !filepath.IsAbs(path) || !strings.HasPrefix(path, mount) {
-		path = filepath.Join(mount, strings.TrimPrefix(flag, "/"))
+	path, err := resolveAgentsCgroup(mount, flag)
+	if err != nil {
+		return "", err
 	}
 	if err := os.MkdirAll(path, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return "", fmt.Errorf("create agents cgroup %s: %w", path, err)
+	}
+	return path, nil
+}
+
+// resolveAgentsCgroup is --agents-cgroup as an absolute path: a path under
+// the cgroup2 mount as given, anything else taken relative to the mount.
+// The server and `run --mode local` both resolve it here, so they agree.
+// The mount itself (every process on the machine) is refused.
+func resolveAgentsCgroup(mount, flag string) (string, error) {
+	path := filepath.Clean(flag)
+	if path == filepath.Clean(mount) {
+		return "", usagef("--agents-cgroup %q: name a cgroup below %s, not the root of every process", flag, mount)
+	}
+	if !filepath.IsAbs(path) || !strings.HasPrefix(path, mount+"/") {
+		path = filepath.Join(mount, strings.TrimPrefix(path, "/"))
+	}
+	if path == filepath.Clean(mount) || !strings.HasPrefix(path, mount+"/") {
+		return "", usagef("--agents-cgroup %q: name a cgroup below %s, not the root of every process", flag, mount)
 	}
 	return path, nil
 }

@@ -313,9 +313,9 @@ func localRunReady(agentsFlag string) (string, error) {
 	if err != nil {
 		return "", withHint(fmt.Errorf("--mode local needs cgroup v2: %w", err), hint)
 	}
-	agents := agentsFlag
-	if !filepath.IsAbs(agents) || !strings.HasPrefix(agents, mount+"/") {
-		agents = filepath.Join(mount, strings.TrimPrefix(agentsFlag, "/"))
+	agents, err := resolveAgentsCgroup(mount, agentsFlag)
+	if err != nil {
+		return "", err
 	}
 	if _, err := os.Stat(agents); err != nil {
 		return "", withHint(fmt.Errorf("the agents' cgroup %s does not exist", agents),
