@@ -194,8 +194,14 @@ func (e *env) compareSmall(name string, via route, conc int, h2, fresh bool, rou
 	return broker, direct, bcpu, dcpu, nil
 }
 
-// compareStream downloads size bytes n times each way and returns MiB/s.
-func (e *env) compareStream(via route, size int64, n int) (broker, direct float64, err error) {
+// streamCPU is the CPU time, in milliseconds per MiB downloaded, that each
+// process spent on a route: it tells whether a route is bound by CPU (the
+// sum near the cores' capacity) and which process spends it.
+type streamCPU struct{ broker, client, upstream float64 }
+
+// compareStream downloads size bytes n times each way and returns MiB/s,
+// and the CPU each process spent per MiB on each route.
+func (e *env) compareStream(via route, size int64, n int) (broker, direct float64, bcpu, dcpu streamCPU, err error) {
 	bc := e.client(via, false, false, 1)
 	dc := e.client(routeDirect, false, false, 1)
 	get := func(c *http.Client) (time.Duration, error) {
@@ -215,19 +221,50 @@ func (e *env) compareStream(via route, size int64, n int) (broker, direct float6
 	// the small cases do, so neither measures its ramp-up
 	for _, c := range []*http.Client{dc, bc} {
 		if _, err := get(c); err != nil {
-			return 0, 0, fmt.Errorf("warm-up: %w", err)
+			return 0, 0, bcpu, dcpu, fmt.Errorf("warm-up: %w", err)
 		}
+	}
+	// timed runs CPU time with each download: pid -1 is this process
+	brokerPid := -1
+	if via == routeBroker {
+		brokerPid = e.srv.Pid()
+	}
+	timed := func(c *http.Client, acc *streamCPU) (time.Duration, error) {
+		pids := []int{brokerPid, os.Getpid(), e.up.Pid()}
+		var t0 [3]time.Duration
+		for i, p := range pids {
+			if p > 0 {
+				t0[i], _ = cpuTime(p)
+			}
+		}
+		d, err := get(c)
+		for i, p := range pids {
+			if p <= 0 {
+				continue
+			}
+			t1, _ := cpuTime(p)
+			ms := float64(t1-t0[i]) / float64(time.Millisecond)
+			switch i {
+			case 0:
+				acc.broker += ms
+			case 1:
+				acc.client += ms
+			case 2:
+				acc.upstream += ms
+			}
+		}
+		return d, err
 	}
 	var bt, dt time.Duration
 	for i := 0; i < n; i++ {
-		d, err := get(dc)
+		d, err := timed(dc, &dcpu)
 		if err != nil {
-			return 0, 0, fmt.Errorf("direct: %w", err)
+			return 0, 0, bcpu, dcpu, fmt.Errorf("direct: %w", err)
 		}
 		dt += d
-		b, err := get(bc)
+		b, err := timed(bc, &bcpu)
 		if err != nil {
-			return 0, 0, fmt.Errorf("broker: %w", err)
+			return 0, 0, bcpu, dcpu, fmt.Errorf("broker: %w", err)
 		}
 		bt += b
 	}
@@ -238,7 +275,12 @@ func (e *env) compareStream(via route, size int64, n int) (broker, direct float6
 		return 1
 	})
 	mib := float64(size*int64(n)) / (1 << 20)
-	return mib / bt.Seconds(), mib / dt.Seconds(), nil
+	for _, c := range []*streamCPU{&bcpu, &dcpu} {
+		c.broker /= mib
+		c.client /= mib
+		c.upstream /= mib
+	}
+	return mib / bt.Seconds(), mib / dt.Seconds(), bcpu, dcpu, nil
 }
 
 // idleConns opens n agent connections to the broker (CONNECT, then a TLS

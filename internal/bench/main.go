@@ -155,7 +155,7 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 			emit(result{Case: c.name, Broker: b.rps(), Direct: d.rps(), Unit: "req/s"})
 		}
 		if want("ref_minimal_stream_64MiB") {
-			b, d, err := env.compareStream(routeMinimal, 64<<20, 5)
+			b, d, _, _, err := env.compareStream(routeMinimal, 64<<20, 5)
 			if err != nil {
 				return fmt.Errorf("ref_minimal_stream_64MiB: %w", err)
 			}
@@ -167,11 +167,15 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 		if quick {
 			n = 3
 		}
-		b, d, err := env.compareStream(routeBroker, 64<<20, n)
+		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, 64<<20, n)
 		if err != nil {
 			return fmt.Errorf("stream_64MiB: %w", err)
 		}
 		emit(result{Case: "stream_64MiB", Broker: b, Direct: d, Unit: "MiB/s"})
+		// CPU per MiB downloaded, by process (USER_HZ granularity: 10 ms)
+		emit(result{Case: "stream_64MiB_broker_cpu", Broker: bcpu.broker, Unit: "ms/MiB"})
+		emit(result{Case: "stream_64MiB_client_cpu", Broker: bcpu.client, Direct: dcpu.client, Unit: "ms/MiB"})
+		emit(result{Case: "stream_64MiB_upstream_cpu", Broker: bcpu.upstream, Direct: dcpu.upstream, Unit: "ms/MiB"})
 	}
 	if want("audit_events_per_s") {
 		d := 3 * time.Second
