@@ -239,12 +239,16 @@ func (b *h1Body) Close() error {
 func (b *h1Body) finish(atEOF bool) {
 	b.done = true
 	b.stop()
-	b.rc.Close()
 	if atEOF && b.reusable {
+		b.rc.Close()
 		b.t.put(b.pc)
 		return
 	}
+	// The connection goes first: closing a body net/http read with
+	// ReadResponse drains it to its end, which for an endless stream
+	// (events) the agent left would never come.
 	b.pc.c.Close()
+	b.rc.Close()
 }
 
 // upgradedConn is a 101 response's body: the raw connection, read through

@@ -349,3 +349,44 @@ func TestEarlyHintsAreScrubbed(t *testing.T) {
 		})
 	}
 }
+
+// An agent that leaves in the middle of an endless response (a stream of
+// events) gets its upstream connection closed, rather than drained: the
+// broker stops reading it at once. HTTP/1.1 agents take the pooled
+// transport (whose body close drained before closing); HTTP/2 agents
+// net/http's.
+func TestAgentLeavesEndlessStream(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
+			e := newEnv(t)
+			gone := make(chan struct{}, 1)
+			up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+				for {
+					if _, err := fmt.Fprintf(c, "%x\r\n%s\r\n", 12, "data: tick\n\n"); err != nil {
+						gone <- struct{}{}
+						return
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			})
+			resp, err := e.proxyClient(agentToken, h2).Get(fmt.Sprintf("https://api.example.test:%d/events", up.port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 12)
+			if _, err := io.ReadFull(resp.Body, buf); err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close() // the agent leaves (an HTTP/2 agent: the stream)
+			select {
+			case <-gone:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the upstream connection is still being read 10 s after the agent left")
+			}
+		})
+	}
+}
