@@ -67,26 +67,6 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-func TestIsPublic(t *testing.T) {
-	for _, c := range []struct {
-		addr   string
-		public bool
-	}{
-		{"203.0.113.10", true}, {"8.8.8.8", true}, {"2606:4700::1111", true}, {"2001:db8::1", true},
-		{"127.0.0.1", false}, {"127.8.9.10", false}, {"10.0.0.1", false}, {"172.16.5.4", false},
-		{"192.168.0.1", false}, {"169.254.169.254", false}, {"100.64.0.1", false}, {"0.0.0.0", false},
-		{"0.1.2.3", false}, {"224.0.0.1", false}, {"255.255.255.255", false}, {"240.0.0.1", false},
-		{"::1", false}, {"::", false}, {"fe80::1", false}, {"fc00::1", false}, {"fd77:1::2", false},
-		{"ff02::1", false}, {"::ffff:127.0.0.1", false}, {"::ffff:10.0.0.1", false}, {"::ffff:8.8.8.8", true},
-		{"64:ff9b::a00:1", false}, {"64:ff9b::808:808", true}, {"2002:a00:1::", false}, {"2002:808:808::", true},
-		{"fec0::1", false},
-	} {
-		if got := isPublic(ip(c.addr)); got != c.public {
-			t.Errorf("isPublic(%s) = %v, want %v", c.addr, got, c.public)
-		}
-	}
-}
-
 func TestLeaseFor(t *testing.T) {
 	for ttl, want := range map[uint32]time.Duration{
 		0:          time.Minute,

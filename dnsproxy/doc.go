@@ -12,8 +12,9 @@
 // every other name gets NXDOMAIN with a synthesized SOA and never reaches the
 // upstream (no tunnelling through the appliance); HTTPS/SVCB, AAAA without
 // IPv6 and other record types of allowed names get NOERROR with no data.
-// Upstream failures give SERVFAIL. Private, loopback and link-local answers
-// for allowed names are dropped unless Config.AllowPrivate (rebinding); when
+// Upstream failures give SERVFAIL. Answers for allowed names that the broker
+// would not dial are dropped (policy.UpstreamAddrAllowed: private and
+// loopback ones unless Config.AllowPrivate, against rebinding); when
 // every address of an answer was dropped the reply is SERVFAIL, audited as a
 // "rebinding_blocked" denial.
 //

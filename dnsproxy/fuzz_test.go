@@ -80,9 +80,9 @@ func FuzzDecide(f *testing.F) {
 			sent = append(sent, name)
 			r := new(dns.Msg)
 			r.SetQuestion(dns.Fqdn(name), qtype)
-			rr := addrRR(dns.Fqdn(name), netip.MustParseAddr("203.0.113.1"), 300)
+			rr := addrRR(dns.Fqdn(name), netip.MustParseAddr("93.184.215.1"), 300)
 			if qtype == dns.TypeAAAA {
-				rr = addrRR(dns.Fqdn(name), netip.MustParseAddr("2001:db8::2"), 300)
+				rr = addrRR(dns.Fqdn(name), netip.MustParseAddr("2606:4700::2"), 300)
 			}
 			r.Answer = []dns.RR{rr}
 			return r, nil

@@ -205,7 +205,7 @@ func (p *Proxy) resolve(ctx context.Context, req *dns.Msg, agent *policy.Agent, 
 	addrs, ttls := answerAddrs(r, d.Name, q.Qtype)
 	kept := 0
 	for i, a := range addrs {
-		if !p.cfg.AllowPrivate && !isPublic(a) {
+		if !policy.UpstreamAddrAllowed(a, p.cfg.AllowPrivate) {
 			continue
 		}
 		addrs[kept], ttls[kept] = a, ttls[i]

@@ -60,8 +60,11 @@ type Config struct {
 	BrokerAddrs func(src netip.AddrPort) []netip.Addr
 	// IPv6 enables AAAA answers; off, AAAA gets NOERROR with no data.
 	IPv6 bool
-	// AllowPrivate keeps private, loopback and link-local addresses in
-	// answers for allowed names (off: they are dropped, against rebinding).
+	// AllowPrivate keeps private and loopback addresses in answers for
+	// allowed names (off: they are dropped, against rebinding). Addresses
+	// no upstream may have (link-local, metadata, documentation...) are
+	// dropped either way: policy.UpstreamAddrAllowed, which the broker
+	// applies too.
 	AllowPrivate bool
 	// Audit records one event per query. Nil records nothing (tests, demos).
 	Audit audit.Sink

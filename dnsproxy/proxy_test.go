@@ -17,8 +17,8 @@ import (
 func TestAllowedNameAnsweredAndPinned(t *testing.T) {
 	up := newFakeUpstream(t)
 	up.answer("api.example.com", dns.TypeA,
-		"api.example.com. 300 IN A 203.0.113.10",
-		"api.example.com. 300 IN A 203.0.113.11",
+		"api.example.com. 300 IN A 93.184.215.10",
+		"api.example.com. 300 IN A 93.184.215.11",
 		"api.example.com. 300 IN TXT \"extra stuff is stripped\"")
 	p := startProxy(t, Config{Upstream: up.addr})
 
@@ -30,7 +30,7 @@ func TestAllowedNameAnsweredAndPinned(t *testing.T) {
 		r := query(t, addr, netw, "API.Example.COM.", dns.TypeA)
 		wantRcode(t, r, dns.RcodeSuccess)
 		got := addrsOf(r)
-		want := []netip.Addr{ip("203.0.113.10"), ip("203.0.113.11")}
+		want := []netip.Addr{ip("93.184.215.10"), ip("93.184.215.11")}
 		if !slices.Equal(got, want) {
 			t.Fatalf("%s: answer %v, want %v", netw, got, want)
 		}
@@ -43,7 +43,7 @@ func TestAllowedNameAnsweredAndPinned(t *testing.T) {
 			t.Errorf("question not echoed as asked: %v", r.Question[0])
 		}
 	}
-	for _, a := range []string{"203.0.113.10", "203.0.113.11"} {
+	for _, a := range []string{"93.184.215.10", "93.184.215.11"} {
 		if !p.Pinned("alice", "api.example.com", ip(a)) {
 			t.Errorf("%s not pinned for alice", a)
 		}
@@ -57,7 +57,7 @@ func TestAllowedNameAnsweredAndPinned(t *testing.T) {
 			t.Errorf("%s pinned for another name", a)
 		}
 	}
-	if p.Pinned("alice", "api.example.com", ip("203.0.113.12")) {
+	if p.Pinned("alice", "api.example.com", ip("93.184.215.12")) {
 		t.Error("an address the answer did not hold is pinned")
 	}
 	qs := up.queries()
@@ -78,11 +78,11 @@ func TestAllowedNameAnsweredAndPinned(t *testing.T) {
 
 func TestPinsWrittenBeforeReply(t *testing.T) {
 	up := newFakeUpstream(t)
-	up.answer("a.wild.example.com", dns.TypeA, "a.wild.example.com. 60 IN A 198.51.100.7")
+	up.answer("a.wild.example.com", dns.TypeA, "a.wild.example.com. 60 IN A 93.184.217.7")
 	atWrite := make(chan bool, 1)
 	p := startProxyWith(t, Config{Upstream: up.addr}, func(p *Proxy) {
 		p.beforeWrite = func(resp *dns.Msg) {
-			atWrite <- len(resp.Answer) == 1 && p.Pinned("alice", "a.wild.example.com", ip("198.51.100.7"))
+			atWrite <- len(resp.Answer) == 1 && p.Pinned("alice", "a.wild.example.com", ip("93.184.217.7"))
 		}
 	})
 	r := query(t, p.udp, "udp", "a.wild.example.com.", dns.TypeA)
@@ -134,7 +134,7 @@ func TestDeniedNamesNeverForwarded(t *testing.T) {
 
 func TestNoDataAnswers(t *testing.T) {
 	up := newFakeUpstream(t)
-	up.answer("api.example.com", dns.TypeAAAA, "api.example.com. 300 IN AAAA 2001:db8::10")
+	up.answer("api.example.com", dns.TypeAAAA, "api.example.com. 300 IN AAAA 2606:4700::10")
 	p := startProxy(t, Config{Upstream: up.addr})
 	cases := []struct {
 		qtype  uint16
@@ -170,10 +170,10 @@ func TestNoDataAnswers(t *testing.T) {
 	p6 := startProxy(t, Config{Upstream: up.addr, IPv6: true})
 	r := query(t, p6.udp, "udp", "api.example.com.", dns.TypeAAAA)
 	wantRcode(t, r, dns.RcodeSuccess)
-	if got := addrsOf(r); len(got) != 1 || got[0] != ip("2001:db8::10") {
+	if got := addrsOf(r); len(got) != 1 || got[0] != ip("2606:4700::10") {
 		t.Fatalf("AAAA answer %v", got)
 	}
-	if !p6.Pinned("alice", "api.example.com", ip("2001:db8::10")) {
+	if !p6.Pinned("alice", "api.example.com", ip("2606:4700::10")) {
 		t.Error("AAAA answer not pinned")
 	}
 	wantSOA(t, query(t, p6.udp, "udp", "api.example.com.", dns.TypeHTTPS))
@@ -181,7 +181,7 @@ func TestNoDataAnswers(t *testing.T) {
 
 func TestUnknownRevokedAndNoPolicyRefused(t *testing.T) {
 	up := newFakeUpstream(t)
-	up.answer("api.example.com", dns.TypeA, "api.example.com. 300 IN A 203.0.113.10")
+	up.answer("api.example.com", dns.TypeA, "api.example.com. 300 IN A 93.184.215.10")
 	p := startProxy(t, Config{Upstream: up.addr})
 	for range 3 {
 		r := query(t, p.udp, "udp", "api.example.com.", dns.TypeA, fromAddr("127.0.0.2"))
@@ -273,8 +273,8 @@ func TestReservedNameAnswersBroker(t *testing.T) {
 
 func TestLeaseFollowsTTLWithFakeClock(t *testing.T) {
 	up := newFakeUpstream(t)
-	up.answer("short.wild.example.com", dns.TypeA, "short.wild.example.com. 30 IN A 198.51.100.1")
-	up.answer("long.wild.example.com", dns.TypeA, "long.wild.example.com. 86400 IN A 198.51.100.2")
+	up.answer("short.wild.example.com", dns.TypeA, "short.wild.example.com. 30 IN A 93.184.217.1")
+	up.answer("long.wild.example.com", dns.TypeA, "long.wild.example.com. 86400 IN A 93.184.217.2")
 	clock := newFakeClock()
 	p := startProxy(t, Config{Upstream: up.addr, Now: clock.Now})
 	query(t, p.udp, "udp", "short.wild.example.com.", dns.TypeA)
@@ -282,7 +282,7 @@ func TestLeaseFollowsTTLWithFakeClock(t *testing.T) {
 	if ttl := r.Answer[0].Header().Ttl; ttl != maxAnswerTTL {
 		t.Errorf("a day's TTL handed on as %d, want it capped at %d", ttl, maxAnswerTTL)
 	}
-	short, long := ip("198.51.100.1"), ip("198.51.100.2")
+	short, long := ip("93.184.217.1"), ip("93.184.217.2")
 
 	clock.Advance(89 * time.Second) // lease of short: 30 s + 60 s
 	if !p.Pinned("alice", "short.wild.example.com", short) {
@@ -321,28 +321,28 @@ func TestPinLRUBoundAndEvictionCounter(t *testing.T) {
 	up := newFakeUpstream(t)
 	names := []string{"n1", "n2", "n3", "n4", "n5"}
 	for i, n := range names {
-		up.answer(n+".wild.example.com", dns.TypeA, n+".wild.example.com. 300 IN A 198.51.100."+string(rune('1'+i)))
+		up.answer(n+".wild.example.com", dns.TypeA, n+".wild.example.com. 300 IN A 93.184.217."+string(rune('1'+i)))
 	}
 	p := startProxy(t, Config{Upstream: up.addr, MaxPinsPerAgent: 3})
 	for _, n := range names[:3] {
 		query(t, p.udp, "udp", n+".wild.example.com.", dns.TypeA)
 	}
 	// n1 is used (by a check), so n2 is the least recently used; n3 is held.
-	if !p.Pinned("alice", "n1.wild.example.com", ip("198.51.100.1")) {
+	if !p.Pinned("alice", "n1.wild.example.com", ip("93.184.217.1")) {
 		t.Fatal("n1 not pinned")
 	}
-	release := p.Hold("alice", "n3.wild.example.com", ip("198.51.100.3"))
+	release := p.Hold("alice", "n3.wild.example.com", ip("93.184.217.3"))
 	defer release()
 	query(t, p.udp, "udp", "n4.wild.example.com.", dns.TypeA)
-	if p.Pinned("alice", "n2.wild.example.com", ip("198.51.100.2")) {
+	if p.Pinned("alice", "n2.wild.example.com", ip("93.184.217.2")) {
 		t.Error("least recently used pin n2 survived")
 	}
 	query(t, p.udp, "udp", "n5.wild.example.com.", dns.TypeA)
 	// order now (most recent first): n5, n4, n1, n3(held) → n1 goes, n3 is skipped
-	if p.Pinned("alice", "n1.wild.example.com", ip("198.51.100.1")) {
+	if p.Pinned("alice", "n1.wild.example.com", ip("93.184.217.1")) {
 		t.Error("n1 survived although it was the least recently used unheld pin")
 	}
-	for _, c := range []struct{ n, a string }{{"n3", "198.51.100.3"}, {"n4", "198.51.100.4"}, {"n5", "198.51.100.5"}} {
+	for _, c := range []struct{ n, a string }{{"n3", "93.184.217.3"}, {"n4", "93.184.217.4"}, {"n5", "93.184.217.5"}} {
 		if !p.Pinned("alice", c.n+".wild.example.com", ip(c.a)) {
 			t.Errorf("%s evicted", c.n)
 		}
@@ -371,12 +371,12 @@ func TestEDNSVersionAndOptions(t *testing.T) {
 
 func TestAuditFailureWithholdsAnswer(t *testing.T) {
 	up := newFakeUpstream(t)
-	up.answer("api.example.com", dns.TypeA, "api.example.com. 300 IN A 203.0.113.10")
+	up.answer("api.example.com", dns.TypeA, "api.example.com. 300 IN A 93.184.215.10")
 	sink := &memSink{fail: errors.New("disk full")}
 	p := startProxy(t, Config{Upstream: up.addr, Audit: sink})
 	r := query(t, p.udp, "udp", "api.example.com.", dns.TypeA)
 	wantRcode(t, r, dns.RcodeServerFailure)
-	if p.Pinned("alice", "api.example.com", ip("203.0.113.10")) {
+	if p.Pinned("alice", "api.example.com", ip("93.184.215.10")) {
 		t.Fatal("address pinned although its query could not be audited")
 	}
 	if p.Stats().AuditFailed == 0 {
@@ -386,18 +386,18 @@ func TestAuditFailureWithholdsAnswer(t *testing.T) {
 
 func TestSetPolicyDropsStalePins(t *testing.T) {
 	up := newFakeUpstream(t)
-	up.answer("x.wild.example.com", dns.TypeA, "x.wild.example.com. 300 IN A 198.51.100.9")
-	up.answer("api.example.com", dns.TypeA, "api.example.com. 300 IN A 203.0.113.10")
+	up.answer("x.wild.example.com", dns.TypeA, "x.wild.example.com. 300 IN A 93.184.217.9")
+	up.answer("api.example.com", dns.TypeA, "api.example.com. 300 IN A 93.184.215.10")
 	p := startProxy(t, Config{Upstream: up.addr})
 	query(t, p.udp, "udp", "x.wild.example.com.", dns.TypeA)
 	query(t, p.udp, "udp", "api.example.com.", dns.TypeA)
 	in := testInput()
 	in.Services = slices.DeleteFunc(in.Services, func(s policy.Service) bool { return s.Name == "wild" })
 	p.SetPolicy(policy.NewSnapshot(in))
-	if p.Pinned("alice", "x.wild.example.com", ip("198.51.100.9")) {
+	if p.Pinned("alice", "x.wild.example.com", ip("93.184.217.9")) {
 		t.Error("pin survived the removal of its service")
 	}
-	if !p.Pinned("alice", "api.example.com", ip("203.0.113.10")) {
+	if !p.Pinned("alice", "api.example.com", ip("93.184.215.10")) {
 		t.Error("pin of a still-allowed name dropped")
 	}
 	if got := p.Stats().Pins; got != 1 {

@@ -14,7 +14,7 @@ import (
 // recognise is refused; UDP still goes through Identify.
 func TestIdentifyConnOncePerTCPConnection(t *testing.T) {
 	up := newFakeUpstream(t)
-	up.answer("other.example.net", dns.TypeA, "other.example.net. 300 IN A 203.0.113.20")
+	up.answer("other.example.net", dns.TypeA, "other.example.net. 300 IN A 93.184.215.20")
 	var calls atomic.Int32
 	p := startProxy(t, Config{Upstream: up.addr, IdentifyConn: func(c net.Conn) (string, bool) {
 		calls.Add(1)
@@ -46,10 +46,10 @@ func TestIdentifyConnOncePerTCPConnection(t *testing.T) {
 		}
 		wantRcode(t, r, dns.RcodeSuccess)
 	}
-	if !p.Pinned("bob", "other.example.net", ip("203.0.113.20")) {
+	if !p.Pinned("bob", "other.example.net", ip("93.184.215.20")) {
 		t.Error("the answer was not pinned for the connection's agent")
 	}
-	if p.Pinned("alice", "other.example.net", ip("203.0.113.20")) {
+	if p.Pinned("alice", "other.example.net", ip("93.184.215.20")) {
 		t.Error("pinned for the source address's agent instead of the connection's")
 	}
 	if n := calls.Load(); n != 1 {
@@ -60,7 +60,7 @@ func TestIdentifyConnOncePerTCPConnection(t *testing.T) {
 	// address (127.0.0.1) is alice's
 	wantRcode(t, query(t, p.tcp, "tcp", "api.example.com.", dns.TypeA), dns.RcodeRefused)
 	// UDP is unaffected: alice by source address
-	up.answer("api.example.com", dns.TypeA, "api.example.com. 300 IN A 203.0.113.10")
+	up.answer("api.example.com", dns.TypeA, "api.example.com. 300 IN A 93.184.215.10")
 	wantRcode(t, query(t, p.udp, "udp", "api.example.com.", dns.TypeA), dns.RcodeSuccess)
 
 	conn.Close()

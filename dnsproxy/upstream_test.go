@@ -56,7 +56,7 @@ func TestRebindingDropped(t *testing.T) {
 		"rebind.wild.example.com. 60 IN A 169.254.169.254")
 	up.answer("mixed.wild.example.com", dns.TypeA,
 		"mixed.wild.example.com. 60 IN A 192.168.1.1",
-		"mixed.wild.example.com. 60 IN A 203.0.113.5")
+		"mixed.wild.example.com. 60 IN A 93.184.215.5")
 	up.answer("mapped.wild.example.com", dns.TypeAAAA,
 		"mapped.wild.example.com. 60 IN AAAA ::ffff:127.0.0.1",
 		"mapped.wild.example.com. 60 IN AAAA fe80::1")
@@ -73,7 +73,7 @@ func TestRebindingDropped(t *testing.T) {
 	}
 	r = query(t, p.udp, "udp", "mixed.wild.example.com.", dns.TypeA)
 	wantRcode(t, r, dns.RcodeSuccess)
-	if got := addrsOf(r); len(got) != 1 || got[0] != ip("203.0.113.5") {
+	if got := addrsOf(r); len(got) != 1 || got[0] != ip("93.184.215.5") {
 		t.Fatalf("mixed answer %v, want only the public address", got)
 	}
 	if p.Pinned("alice", "mixed.wild.example.com", ip("192.168.1.1")) {
@@ -94,6 +94,29 @@ func TestRebindingDropped(t *testing.T) {
 	if !pa.Pinned("alice", "rebind.wild.example.com", ip("10.1.2.3")) {
 		t.Error("private answer not pinned with AllowPrivate")
 	}
+	// ...but never the metadata address, which the broker would not dial
+	if pa.Pinned("alice", "rebind.wild.example.com", ip("169.254.169.254")) {
+		t.Error("link-local answer pinned with AllowPrivate")
+	}
+}
+
+// The DNS proxy hands agents only addresses the broker would dial
+// (policy.UpstreamAddrAllowed): NAT64 of a public address passes (IPv6-only
+// networks behind DNS64), NAT64 of a private one, Teredo and documentation
+// addresses do not.
+func TestAnswersJudgedAsTheBrokerDials(t *testing.T) {
+	up := newFakeUpstream(t)
+	up.answer("v6only.wild.example.com", dns.TypeAAAA,
+		"v6only.wild.example.com. 60 IN AAAA 64:ff9b::808:808",
+		"v6only.wild.example.com. 60 IN AAAA 64:ff9b::a00:1",
+		"v6only.wild.example.com. 60 IN AAAA 2001:0:4136:e378::1",
+		"v6only.wild.example.com. 60 IN AAAA 2001:db8::1")
+	p := startProxy(t, Config{Upstream: up.addr, IPv6: true})
+	r := query(t, p.udp, "udp", "v6only.wild.example.com.", dns.TypeAAAA)
+	wantRcode(t, r, dns.RcodeSuccess)
+	if got := addrsOf(r); len(got) != 1 || got[0] != ip("64:ff9b::808:808") {
+		t.Fatalf("answer %v, want only the NAT64 address of a public one", got)
+	}
 }
 
 func TestCNAMEChainFlattenedAndPinnedForQuestionName(t *testing.T) {
@@ -101,18 +124,18 @@ func TestCNAMEChainFlattenedAndPinnedForQuestionName(t *testing.T) {
 	up.answer("cdn.wild.example.com", dns.TypeA,
 		"cdn.wild.example.com. 300 IN CNAME edge.cdn-provider.net.",
 		"edge.cdn-provider.net. 300 IN CNAME e1.cdn-provider.net.",
-		"e1.cdn-provider.net. 20 IN A 198.51.100.20",
-		"unrelated.net. 300 IN A 198.51.100.99")
+		"e1.cdn-provider.net. 20 IN A 93.184.217.20",
+		"unrelated.net. 300 IN A 93.184.217.99")
 	p := startProxy(t, Config{Upstream: up.addr})
 	r := query(t, p.udp, "udp", "cdn.wild.example.com.", dns.TypeA)
 	wantRcode(t, r, dns.RcodeSuccess)
 	if len(r.Answer) != 1 || r.Answer[0].Header().Name != "cdn.wild.example.com." || r.Answer[0].Header().Ttl != 20 {
 		t.Fatalf("answer %v, want one A record for the question name with the chain's smallest TTL", r.Answer)
 	}
-	if !p.Pinned("alice", "cdn.wild.example.com", ip("198.51.100.20")) {
+	if !p.Pinned("alice", "cdn.wild.example.com", ip("93.184.217.20")) {
 		t.Error("chain's address not pinned for the question name")
 	}
-	if p.Pinned("alice", "e1.cdn-provider.net", ip("198.51.100.20")) || p.Pinned("alice", "cdn.wild.example.com", ip("198.51.100.99")) {
+	if p.Pinned("alice", "e1.cdn-provider.net", ip("93.184.217.20")) || p.Pinned("alice", "cdn.wild.example.com", ip("93.184.217.99")) {
 		t.Error("pinned for the wrong name or an unrelated record")
 	}
 }
@@ -121,7 +144,7 @@ func TestUpstreamTruncationFallsBackToTCP(t *testing.T) {
 	up := newFakeUpstream(t)
 	var rrs []string
 	for i := range 40 {
-		rrs = append(rrs, "big.wild.example.com. 300 IN A 198.51.100."+strconv.Itoa(i+1))
+		rrs = append(rrs, "big.wild.example.com. 300 IN A 93.184.217."+strconv.Itoa(i+1))
 	}
 	up.answer("big.wild.example.com", dns.TypeA, rrs...)
 	up.truncateUDP("big.wild.example.com", dns.TypeA)

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/agentvault/agent-vault/policy"
 )
 
 // resolver caches the broker's own resolutions per name, so destination
@@ -142,50 +144,10 @@ func (b *Broker) defaultResolve(ctx context.Context, host string) ([]netip.Addr,
 	return r.LookupNetIP(ctx, "ip", host)
 }
 
-var (
-	// Refused unless AllowPrivateUpstreams.
-	privatePrefixes = mustPrefixes(
-		"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "172.16.0.0/12",
-		"192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "fc00::/7", "fec0::/10",
-	)
-	// Always refused: link-local (cloud metadata lives there), documentation,
-	// multicast, reserved, and v6 ranges that embed or tunnel v4.
-	forbiddenPrefixes = mustPrefixes(
-		"169.254.0.0/16", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-		"::/128", "::1/128", "fe80::/10", "ff00::/8", "100::/64", "2001::/32", "2001:db8::/32", "2002::/16",
-		"64:ff9b::/96", "64:ff9b:1::/48", "fd00:ec2::254/128",
-	)
-)
-
-func mustPrefixes(ss ...string) []netip.Prefix {
-	out := make([]netip.Prefix, len(ss))
-	for i, s := range ss {
-		out[i] = netip.MustParsePrefix(s)
-	}
-	return out
-}
-
-// upstreamIPAllowed reports whether the broker may dial ip.
+// upstreamIPAllowed reports whether the broker may dial ip: the same
+// judgement the DNS proxy applies to the answers it hands agents.
 func (b *Broker) upstreamIPAllowed(ip netip.Addr) bool {
-	ip = ip.Unmap()
-	if !ip.IsValid() || ip.IsUnspecified() {
-		return false
-	}
-	for _, p := range forbiddenPrefixes {
-		if p.Contains(ip) {
-			// ::1 is loopback: allowed with private upstreams, like 127/8.
-			return b.cfg.AllowPrivateUpstreams && ip.IsLoopback()
-		}
-	}
-	if b.cfg.AllowPrivateUpstreams {
-		return true
-	}
-	for _, p := range privatePrefixes {
-		if p.Contains(ip) {
-			return false
-		}
-	}
-	return true
+	return policy.UpstreamAddrAllowed(ip, b.cfg.AllowPrivateUpstreams)
 }
 
 var errUpstreamForbidden = errors.New("upstream address is in a forbidden range")

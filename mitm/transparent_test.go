@@ -230,13 +230,15 @@ func TestPrivateUpstreamRefusedUnlessAllowed(t *testing.T) {
 	if len(e.up.received()) != 0 {
 		t.Fatal("upstream received a request")
 	}
-	for _, ip := range []string{"169.254.169.254", "fd00:ec2::254", "10.1.2.3", "127.0.0.1", "::1", "100.100.100.200", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1"} {
+	for _, ip := range []string{"169.254.169.254", "fd00:ec2::254", "10.1.2.3", "127.0.0.1", "::1", "100.100.100.200", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1", "64:ff9b::a9fe:a9fe", "2002:808:808::1"} {
 		if e.b.upstreamIPAllowed(netip.MustParseAddr(ip)) {
 			t.Errorf("%s allowed", ip)
 		}
 	}
-	if !e.b.upstreamIPAllowed(netip.MustParseAddr("93.184.216.34")) {
-		t.Error("a public address refused")
+	for _, ip := range []string{"93.184.216.34", "64:ff9b::5db8:d822"} { // the second: NAT64 of the first
+		if !e.b.upstreamIPAllowed(netip.MustParseAddr(ip)) {
+			t.Errorf("public %s refused", ip)
+		}
 	}
 }
 
