@@ -49,9 +49,15 @@
 // Completion audit rows ("request.complete") never hold up the response:
 // a Sink that takes follow-up rows (audit.FollowUpSink, the store) records
 // them inline without waiting; any other Sink gets them from a goroutine,
-// retried a few times, and Shutdown waits for every one of them. WebSocket traffic after the 101 upgrade is relayed as opaque bytes:
-// its frames are not scrubbed in either direction (the upgrade response's
-// headers are).
+// retried a few times, and Shutdown waits for every one of them.
+//
+// WebSocket: on a request carrying a credential, the upstream's frames are
+// scrubbed one by one after the 101 (wsScrubber: headers unchanged, payloads
+// redacted at their length; a value split across two frames is not found).
+// The agent's compression offer (Sec-WebSocket-Extensions) is not passed
+// on, and an upgrade the broker cannot read (another protocol, a
+// negotiated extension, a masked or reserved-bit frame) is refused or
+// ended, never relayed. The agent's own frames pass unchanged.
 //
 // ECH (a departure from ARCHITECTURE.md section 3, which says to deny it):
 // the broker decides on the ClientHello's outer name like on any other SNI

@@ -20,7 +20,7 @@ const (
 	CodeDestinationDenied  = "destination_denied"  // 403: the connection's address does not belong to the name
 	CodeNotFound           = "not_found"           // 404 on agent-vault.internal
 	CodeInjectionFailed    = "injection_failed"    // 502: the credential could not be attached
-	CodeUnscrubbableEncode = "unscrubbable_body"   // 502: an encoded response body that cannot be scrubbed
+	CodeUnscrubbableEncode = "unscrubbable_body"   // 502: an encoded body, or an upgrade, that cannot be scrubbed
 )
 
 // ErrorHeader carries the error code on every answer the broker itself gives.

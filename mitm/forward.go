@@ -51,7 +51,11 @@ func forwardFrom(ctx context.Context) *forward {
 var (
 	errInject      = errors.New("the credential could not be attached")
 	errEncodedBody = errors.New("the upstream sent an encoded body that cannot be scrubbed")
-	errNoDest      = errors.New("no validated destination for this dial")
+	// errUnscrubbableUpgrade: a 101 to anything but plain WebSocket
+	// frames (another protocol, or an extension the agent did not get to
+	// offer) on a request carrying a credential.
+	errUnscrubbableUpgrade = errors.New("the upstream switched to a protocol that cannot be scrubbed")
+	errNoDest              = errors.New("no validated destination for this dial")
 )
 
 // newTransport is the one upstream transport. Its pool is keyed by
@@ -173,8 +177,10 @@ func (b *Broker) rewrite(pr *httputil.ProxyRequest) {
 	}
 	if f.svc.Auth.Kind != policy.AuthNone {
 		// Bodies must arrive decoded to be scrubbed: the transport asks for
-		// gzip itself and decodes it.
+		// gzip itself and decodes it. WebSocket frames likewise: no
+		// compression extension is offered (wsScrubber).
 		out.Header.Del("Accept-Encoding")
+		out.Header.Del("Sec-WebSocket-Extensions")
 	}
 	// Apply strips the agent's own auth and proxy headers for every kind,
 	// auth none included, then injects.
@@ -202,7 +208,14 @@ func (b *Broker) modifyResponse(resp *http.Response) error {
 	}
 	f.scrub.Header(resp.Header)
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return nil // WebSocket frames are relayed unscrubbed (see doc.go)
+		// The upgraded stream is scrubbed frame by frame; a protocol the
+		// broker cannot read is refused rather than relayed.
+		rwc, ok := resp.Body.(io.ReadWriteCloser)
+		if !ok || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") || resp.Header.Get("Sec-WebSocket-Extensions") != "" {
+			return errUnscrubbableUpgrade
+		}
+		resp.Body = newWSScrubber(rwc, f.scrub)
+		return nil
 	}
 	if ce := resp.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
 		return errEncodedBody
@@ -257,6 +270,8 @@ func (b *Broker) upstreamError(w http.ResponseWriter, r *http.Request, err error
 		}
 	case errors.Is(err, errEncodedBody):
 		code, msg = CodeUnscrubbableEncode, "the upstream answered with a Content-Encoding the broker cannot scrub"
+	case errors.Is(err, errUnscrubbableUpgrade):
+		code, msg = CodeUnscrubbableEncode, "the upstream switched to a protocol the broker cannot scrub (only WebSocket, without extensions, is relayed)"
 	case errors.As(err, &verify), errors.As(err, &unknownCA), errors.As(err, &hostErr), errors.As(err, &invalid):
 		msg = "the upstream certificate for " + host + " could not be verified"
 	case errors.Is(err, errUpstreamForbidden):

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -186,11 +187,23 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer c.Close()
 		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
 		brw.Flush()
-		line, err := brw.ReadString('\n')
-		if err == nil {
-			brw.WriteString("echo:" + line)
-			brw.Flush()
+		// Echo one frame, then send the credential the request carried
+		// in every shape a frame can have: a text frame, a ping, and a
+		// 100 KiB binary frame with it across the broker's 32 KiB read
+		// chunk; then report whether an extension was offered, and close.
+		_, msg, err := wsReadFrame(brw)
+		if err != nil {
+			return
 		}
+		auth := []byte(r.Header.Get("Authorization"))
+		wsWriteFrame(brw, true, wsText, append([]byte("echo:"+string(msg)+" auth="), auth...), false)
+		wsWriteFrame(brw, true, wsPing, auth, false)
+		big := bytes.Repeat([]byte("x"), 100<<10)
+		copy(big[32<<10-10:], auth)
+		wsWriteFrame(brw, true, wsBinary, big, false)
+		wsWriteFrame(brw, true, wsText, []byte("extensions="+r.Header.Get("Sec-WebSocket-Extensions")), false)
+		wsWriteFrame(brw, true, wsClose, []byte{0x03, 0xe8}, false)
+		brw.Flush()
 		return
 	}
 	// /echo and anything else: echo the request, secret included, in the
@@ -470,4 +483,99 @@ func (s *memSink) find(action, decision string) []audit.Event {
 		}
 	}
 	return out
+}
+
+// WebSocket opcodes the tests use.
+const (
+	wsText   = 0x1
+	wsBinary = 0x2
+	wsClose  = 0x8
+	wsPing   = 0x9
+	wsPong   = 0xa
+)
+
+// wsWriteFrame writes one frame (RFC 6455 section 5.2); clients mask.
+func wsWriteFrame(w io.Writer, fin bool, opcode byte, payload []byte, mask bool) error {
+	h := []byte{opcode, 0}
+	if fin {
+		h[0] |= 0x80
+	}
+	switch n := len(payload); {
+	case n < 126:
+		h[1] = byte(n)
+	case n <= 0xffff:
+		h[1] = 126
+		h = binary.BigEndian.AppendUint16(h, uint16(n))
+	default:
+		h[1] = 127
+		h = binary.BigEndian.AppendUint64(h, uint64(n))
+	}
+	body := payload
+	if mask {
+		h[1] |= 0x80
+		key := []byte{0x12, 0x34, 0x56, 0x78}
+		h = append(h, key...)
+		body = make([]byte, len(payload))
+		for i, b := range payload {
+			body[i] = b ^ key[i%4]
+		}
+	}
+	if _, err := w.Write(h); err != nil {
+		return err
+	}
+	_, err := w.Write(body)
+	return err
+}
+
+// wsReadFrame reads one frame and returns its opcode and unmasked payload.
+func wsReadFrame(r io.Reader) (byte, []byte, error) {
+	h := make([]byte, 2)
+	if _, err := io.ReadFull(r, h); err != nil {
+		return 0, nil, err
+	}
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		b := make([]byte, 2)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return 0, nil, err
+		}
+		n = uint64(binary.BigEndian.Uint16(b))
+	case 127:
+		b := make([]byte, 8)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return 0, nil, err
+		}
+		n = binary.BigEndian.Uint64(b)
+	}
+	var key []byte
+	if h[1]&0x80 != 0 {
+		key = make([]byte, 4)
+		if _, err := io.ReadFull(r, key); err != nil {
+			return 0, nil, err
+		}
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return 0, nil, err
+	}
+	for i := range payload {
+		if key != nil {
+			payload[i] ^= key[i%4]
+		}
+	}
+	return h[0] & 0x0f, payload, nil
+}
+
+// dialTunnel opens a CONNECT tunnel to api.example.test:port as the agent
+// and completes TLS (HTTP/1.1) inside it.
+func dialTunnel(t *testing.T, e *env, port int) *tls.Conn {
+	t.Helper()
+	raw, resp := rawConnect(t, e.proxyAddr, fmt.Sprintf("api.example.test:%d", port), "Bearer "+agentToken)
+	if resp.StatusCode != 200 {
+		t.Fatalf("connect %d", resp.StatusCode)
+	}
+	conn := tls.Client(raw, &tls.Config{ServerName: "api.example.test", RootCAs: e.caPool, NextProtos: []string{"http/1.1"}})
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return conn
 }

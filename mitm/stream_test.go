@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/agentvault/agent-vault/mitm/scrub"
 )
 
 // Server-sent events arrive one by one: the upstream holds its second event
@@ -68,15 +70,11 @@ func TestWebSocketUpgrade(t *testing.T) {
 				t.Fatal(err)
 			}
 		} else {
-			raw, resp := rawConnect(t, e.proxyAddr, fmt.Sprintf("api.example.test:%d", e.up.port), "Bearer "+agentToken)
-			if resp.StatusCode != 200 {
-				t.Fatalf("connect %d", resp.StatusCode)
-			}
-			conn = tls.Client(raw, cfg)
+			conn = dialTunnel(t, e, int(e.up.port))
 		}
 		defer conn.Close()
 		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: api.example.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", e.up.port)
+		fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: api.example.test:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n", e.up.port)
 		br := bufio.NewReader(conn)
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
@@ -85,10 +83,28 @@ func TestWebSocketUpgrade(t *testing.T) {
 		if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "websocket" {
 			t.Fatalf("%s: upgrade answered %d %v", via, resp.StatusCode, resp.Header)
 		}
-		io.WriteString(conn, "hello over the upgraded stream\n")
-		line, err := br.ReadString('\n')
-		if err != nil || line != "echo:hello over the upgraded stream\n" {
-			t.Fatalf("%s: echo %q %v", via, line, err)
+		wsWriteFrame(conn, true, wsText, []byte("hello over the upgraded stream"), true)
+		// The upstream sent the credential in a text frame, a ping and a
+		// large binary frame: each arrives at its length, redacted.
+		marker := string(scrub.Marker(len(sentinel)))
+		for i, want := range []struct {
+			op   byte
+			size int
+			has  string
+		}{
+			{wsText, len("echo:hello over the upgraded stream auth=Bearer " + sentinel), "echo:hello over the upgraded stream auth=Bearer " + marker},
+			{wsPing, len("Bearer " + sentinel), marker},
+			{wsBinary, 100 << 10, marker},
+			{wsText, len("extensions="), "extensions="}, // the agent's offer was not passed on
+			{wsClose, 2, ""},
+		} {
+			op, payload, err := wsReadFrame(br)
+			if err != nil {
+				t.Fatalf("%s: frame %d: %v", via, i, err)
+			}
+			if op != want.op || len(payload) != want.size || !strings.Contains(string(payload), want.has) || strings.Contains(string(payload), sentinel) {
+				t.Fatalf("%s: frame %d: opcode %d, %d bytes, %.80q", via, i, op, len(payload), payload)
+			}
 		}
 		// The upstream closed its side; the broker half-closes towards the
 		// agent and the exchange ends when the agent closes too.
