@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/agentvault/agent-vault/audit"
 	"github.com/agentvault/agent-vault/store"
 )
 
@@ -376,5 +378,61 @@ func TestAuditTamperRetentionAndTail(t *testing.T) {
 	r := o.run(1, "", nil, "audit", "verify")
 	if !strings.Contains(r.Stderr, fmt.Sprintf("broken at row %d", target)) {
 		t.Fatalf("verify after tampering with row %d: %q", target, r.Stderr)
+	}
+}
+
+// TestAuditRetentionFlag: with --audit-retention the server prunes at
+// start: rows older than the retention go, one audit.prune row records it,
+// and verify stays green. Without the flag they stay.
+func TestAuditRetentionFlag(t *testing.T) {
+	for _, keep := range []string{"", "24h"} {
+		t.Run("retention="+keep, func(t *testing.T) {
+			o := newOperator(t, t.TempDir())
+			if err := os.MkdirAll(o.srv.DataDir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			// a store whose first rows are three days old
+			old := time.Now().Add(-72 * time.Hour)
+			st, err := store.Open(filepath.Join(o.srv.DataDir, storeFile), store.Options{Password: []byte(masterPW), KDF: testKDF, Now: func() time.Time { return old }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 5 {
+				if err := st.Append(context.Background(), &audit.Event{Actor: audit.System, Action: "test.old"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := st.Close(); err != nil {
+				t.Fatal(err)
+			}
+			var args []string
+			if keep != "" {
+				args = []string{"--audit-retention", keep}
+			}
+			o.start(args...)
+			o.ok("owner password 1\n", "setup", "--email", "owner@example.com")
+			count := func(action string) int {
+				var page struct{ Events []struct{ Action string } }
+				o.json(&page, "audit", "list", "--action", action)
+				return len(page.Events)
+			}
+			wantOld, wantPrune := 5, 0
+			if keep != "" {
+				wantOld, wantPrune = 0, 1
+			}
+			// the prune runs in the background right after start
+			deadline := time.Now().Add(10 * time.Second)
+			for count("audit.prune") != wantPrune && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Millisecond)
+			}
+			if got, prunes := count("test.old"), count("audit.prune"); got != wantOld || prunes != wantPrune {
+				t.Fatalf("old rows %d, prune rows %d; want %d, %d", got, prunes, wantOld, wantPrune)
+			}
+			var v struct{ OK bool }
+			o.json(&v, "audit", "verify")
+			if !v.OK {
+				t.Fatalf("verify = %+v", v)
+			}
+		})
 	}
 }
