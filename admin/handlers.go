@@ -86,7 +86,7 @@ func (s *Server) deleteVault(w http.ResponseWriter, r *http.Request, p *principa
 }
 
 func toAPICredential(c store.Credential) api.Credential {
-	return api.Credential{Vault: c.Vault, Key: c.Key, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt, UpdatedBy: c.UpdatedBy}
+	return api.Credential{Vault: c.Vault, Key: c.Key, CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt, UpdatedBy: c.UpdatedBy, Undecryptable: c.Undecryptable}
 }
 
 func (s *Server) listCredentials(w http.ResponseWriter, r *http.Request, _ *principal) error {

@@ -89,6 +89,10 @@ type Credential struct {
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 	UpdatedBy string    `json:"updated_by"`
+	// Undecryptable: the stored ciphertext did not authenticate when the
+	// store was opened (the record was altered or moved); the data path
+	// denies it until it is set again.
+	Undecryptable bool `json:"undecryptable,omitempty"`
 }
 
 // AgentRecord is an agent as stored.

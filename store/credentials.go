@@ -75,8 +75,10 @@ func (s *Store) SetCredential(actor audit.Actor, vault, key string, value []byte
 	return cred, nil
 }
 
-// Credentials lists a vault's credentials (names and times only), by key.
+// Credentials lists a vault's credentials (names and times only), by key,
+// marking the ones that did not decrypt at open.
 func (s *Store) Credentials(vault string) ([]Credential, error) {
+	bad := s.undecryptableSet()
 	var out []Credential
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if bucket(tx, bucketVaults).Get([]byte(vault)) == nil {
@@ -89,7 +91,9 @@ func (s *Store) Credentials(vault string) ([]Credential, error) {
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("decode credential %q: %w", k[len(prefix):], err)
 			}
-			out = append(out, Credential{Vault: vault, Key: string(k[len(prefix):]), CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt, UpdatedBy: rec.UpdatedBy})
+			key := string(k[len(prefix):])
+			out = append(out, Credential{Vault: vault, Key: key, CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt, UpdatedBy: rec.UpdatedBy,
+				Undecryptable: bad[vault+"/"+key]})
 		}
 		return nil
 	})

@@ -47,7 +47,7 @@ func TestCiphertextSwappedBetweenRecordsDoesNotDecrypt(t *testing.T) {
 			t.Fatalf("swapped credential %s decrypted to %q", k, v)
 		}
 	}
-	if got := s.Undecryptable(); !slices.Equal(got, []string{"prod/alpha", "prod/beta"}) {
+	if got := undecryptableKeys(t, s); !slices.Equal(got, []string{"alpha", "beta"}) {
 		t.Fatalf("undecryptable = %v", got)
 	}
 	if strings.Contains(logs.String(), "value-of-") {
@@ -82,9 +82,26 @@ func TestCiphertextSwappedBetweenRecordsDoesNotDecrypt(t *testing.T) {
 	if v, ok := s.Secret("prod", "alpha"); !ok || string(v) != "fresh" {
 		t.Fatalf("repaired secret = %q %v", v, ok)
 	}
-	if got := s.Undecryptable(); !slices.Equal(got, []string{"prod/beta"}) {
+	if got := undecryptableKeys(t, s); !slices.Equal(got, []string{"beta"}) {
 		t.Fatalf("undecryptable after repair = %v", got)
 	}
+}
+
+// undecryptableKeys are the credentials of vault prod that Credentials
+// marks undecryptable.
+func undecryptableKeys(t *testing.T, s *Store) []string {
+	t.Helper()
+	cs, err := s.Credentials("prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, c := range cs {
+		if c.Undecryptable {
+			out = append(out, c.Key)
+		}
+	}
+	return out
 }
 
 func TestSentinelSecretNeverInClear(t *testing.T) {

@@ -32,14 +32,18 @@ func (s *Store) Secret(vault, key string) ([]byte, bool) {
 	return v, ok
 }
 
-// Undecryptable lists credentials ("vault/key") whose stored ciphertext did
-// not authenticate when the store was opened: the record was altered or
-// moved. They are left out of the cache, so the data path denies them; set
-// them again to repair.
-func (s *Store) Undecryptable() []string {
+// undecryptableSet holds the credentials ("vault/key") whose stored
+// ciphertext did not authenticate when the store was opened: the record was
+// altered or moved. They are left out of the cache, so the data path denies
+// them; Credentials marks them; setting one again repairs it.
+func (s *Store) undecryptableSet() map[string]bool {
 	s.undecryptMu.Lock()
 	defer s.undecryptMu.Unlock()
-	return append([]string(nil), s.undecryptable...)
+	set := make(map[string]bool, len(s.undecryptable))
+	for _, n := range s.undecryptable {
+		set[n] = true
+	}
+	return set
 }
 
 // loadSecrets decrypts every credential into a new cache.

@@ -95,6 +95,10 @@ type Credential struct {
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 	UpdatedBy string    `json:"updated_by,omitempty"`
+	// Undecryptable: the stored value did not decrypt (altered or moved
+	// in the store file); requests needing it are denied until it is set
+	// again.
+	Undecryptable bool `json:"undecryptable,omitempty"`
 }
 
 // CredentialValue is the body of PUT /vaults/{vault}/credentials/{key}. It is

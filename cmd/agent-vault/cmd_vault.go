@@ -121,8 +121,12 @@ prompt), and nothing ever returns it. 'list' shows names and times only.`}
 			if err != nil {
 				return a.explain(cmd, err)
 			}
-			return printList(a, asJSON, cs, []string{"KEY", "CREATED", "UPDATED", "BY"}, func(cr api.Credential) []string {
-				return []string{cr.Key, fmtTime(cr.CreatedAt), fmtTime(cr.UpdatedAt), cr.UpdatedBy}
+			return printList(a, asJSON, cs, []string{"KEY", "CREATED", "UPDATED", "BY", "STATE"}, func(cr api.Credential) []string {
+				state := "ok"
+				if cr.Undecryptable {
+					state = "UNDECRYPTABLE: set it again"
+				}
+				return []string{cr.Key, fmtTime(cr.CreatedAt), fmtTime(cr.UpdatedAt), cr.UpdatedBy, state}
 			})
 		},
 	}
