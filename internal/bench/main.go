@@ -164,9 +164,9 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 	}
 	if want("stream_64MiB") {
 		// A 64 MiB download takes 50-130 ms, and the direct route alone
-		// swings by half from one to the next (where the scheduler puts
-		// client and upstream on two vCPUs): enough pairs that one unlucky
-		// pair does not make the figure.
+		// swings by a third or more from one to the next (where the
+		// scheduler puts client and upstream on two vCPUs): enough pairs
+		// that one unlucky pair does not make the figure.
 		n := 12
 		if quick {
 			n = 8
