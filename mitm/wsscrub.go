@@ -29,7 +29,7 @@ type wsScrubber struct {
 	hdr     []byte        // header bytes not yet returned
 	payload io.ReadCloser // the current frame's scrubbed payload
 	lim     io.LimitedReader
-	buf     [14]byte
+	buf     [10]byte // the longest header an unmasked frame has
 }
 
 func newWSScrubber(rwc io.ReadWriteCloser, s *scrub.Scrubber) *wsScrubber {
