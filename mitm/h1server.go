@@ -47,21 +47,48 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 	defer c.Close()
 	state := c.ConnectionState()
 	lim := &headerLimit{r: c, left: 1 << 62}
-	br := bufio.NewReaderSize(lim, 4096)
-	bw := bufio.NewWriterSize(c, 4096)
+	// The read and write buffers are taken from pools for a request and
+	// given back while the connection waits for the next one, so an idle
+	// connection holds neither (8 KiB of its ~30). The wait itself reads
+	// the first byte straight from the connection; the reader then
+	// starts with it.
+	first := &firstByte{r: lim}
+	var br *bufio.Reader
+	var bw *bufio.Writer
+	defer func() { // not after a hijack: the buffers went with it
+		if br != nil {
+			putH1Reader(br)
+		}
+		if bw != nil {
+			putH1Writer(bw)
+		}
+	}()
 	ctx := context.WithValue(context.Background(), connKey{}, st)
 	remote := c.RemoteAddr().String()
 	tc, _ := c.NetConn().(*trackedConn)
-	watch := newDisconnectWatch(c, br)
+	watch := newDisconnectWatch(c)
 	defer watch.stop()
 	for {
 		st.h1Busy.Store(false)
 		if b.isClosed() {
 			return
 		}
-		c.SetReadDeadline(time.Now().Add(h1IdleTimeout))
-		if _, err := br.Peek(1); err != nil {
-			return // closed, idle for too long, or Shutdown closed it
+		if br == nil || br.Buffered() == 0 { // nothing pipelined: wait idle
+			if br != nil {
+				putH1Reader(br)
+				br = nil
+			}
+			c.SetReadDeadline(time.Now().Add(h1IdleTimeout))
+			if n, _ := c.Read(first.b[:]); n == 0 {
+				return // closed, idle for too long, or Shutdown closed it
+			}
+			first.has = true
+			br = h1Readers.Get().(*bufio.Reader)
+			br.Reset(first)
+		}
+		if bw == nil {
+			bw = h1Writers.Get().(*bufio.Writer)
+			bw.Reset(c)
 		}
 		st.h1Busy.Store(true)
 		c.SetReadDeadline(time.Now().Add(h1HeaderTimeout))
@@ -101,15 +128,18 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 				req.Body = &expectContinue{ReadCloser: req.Body, w: w}
 			}
 		}
-		watch.start(body, rcancel)
+		watch.start(br, body, rcancel)
 		w.watch = watch
 		ok := b.serveOneH1(w, req)
 		watch.stop()
 		rcancel()
 		if !ok || w.hijacked {
+			br, bw = nil, nil // a panicking handler may hold them; a hijacker does
 			return
 		}
 		keep, unread := w.finish()
+		putH1Writer(bw) // the response is flushed (or failed): the next request takes one again
+		bw = nil
 		if unread {
 			// The agent is still sending a body nobody reads: closing now
 			// would reset the connection and could destroy the answer in
@@ -146,27 +176,27 @@ var disconnectAfter = time.Second
 // stays in br for the next request. One per connection, armed per request.
 type disconnectWatch struct {
 	c     net.Conn
-	br    *bufio.Reader
 	timer *time.Timer
 
 	mu     sync.Mutex
+	br     *bufio.Reader      // the request's reader
 	armed  bool               // a request is being served
 	body   *bodyEnd           // its body; nil when it has none
 	cancel context.CancelFunc // cancels it
 	done   chan struct{}      // closed when the peeking goroutine ended; nil if none started
 }
 
-func newDisconnectWatch(c net.Conn, br *bufio.Reader) *disconnectWatch {
-	w := &disconnectWatch{c: c, br: br}
+func newDisconnectWatch(c net.Conn) *disconnectWatch {
+	w := &disconnectWatch{c: c}
 	w.timer = time.AfterFunc(time.Hour, w.fire)
 	w.timer.Stop()
 	return w
 }
 
-// start arms the watch for one request.
-func (w *disconnectWatch) start(body *bodyEnd, cancel context.CancelFunc) {
+// start arms the watch for one request read through br.
+func (w *disconnectWatch) start(br *bufio.Reader, body *bodyEnd, cancel context.CancelFunc) {
 	w.mu.Lock()
-	w.armed, w.body, w.cancel = true, body, cancel
+	w.armed, w.br, w.body, w.cancel = true, br, body, cancel
 	w.mu.Unlock()
 	w.timer.Reset(disconnectAfter)
 }
@@ -177,11 +207,11 @@ func (w *disconnectWatch) fire() {
 	if !w.armed || w.done != nil || (w.body != nil && !w.body.done.Load()) {
 		return // the handler may still read the body from br
 	}
-	done, cancel := make(chan struct{}), w.cancel
+	done, cancel, br := make(chan struct{}), w.cancel, w.br
 	w.done = done
 	go func() {
 		defer close(done)
-		if _, err := w.br.Peek(1); err != nil && !isTimeout(err) {
+		if _, err := br.Peek(1); err != nil && !isTimeout(err) {
 			cancel()
 		}
 	}()
@@ -197,13 +227,46 @@ func (w *disconnectWatch) stop() {
 		return
 	}
 	done := w.done
-	w.armed, w.body, w.cancel, w.done = false, nil, nil, nil
+	w.armed, w.br, w.body, w.cancel, w.done = false, nil, nil, nil, nil
 	w.mu.Unlock()
 	if done != nil {
 		w.c.SetReadDeadline(time.Unix(1, 0)) // unblock the peek
 		<-done
 		w.c.SetReadDeadline(time.Time{})
 	}
+}
+
+// Pools of the buffers serveH1 lends a connection for one request.
+var (
+	h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+)
+
+func putH1Reader(br *bufio.Reader) {
+	br.Reset(nil)
+	h1Readers.Put(br)
+}
+
+func putH1Writer(bw *bufio.Writer) {
+	bw.Reset(nil)
+	h1Writers.Put(bw)
+}
+
+// firstByte reads the byte serveH1 read while waiting for a request, then
+// from r.
+type firstByte struct {
+	b   [1]byte
+	has bool
+	r   io.Reader
+}
+
+func (f *firstByte) Read(p []byte) (int, error) {
+	if f.has && len(p) > 0 {
+		p[0] = f.b[0]
+		f.has = false
+		return 1, nil
+	}
+	return f.r.Read(p)
 }
 
 func isTimeout(err error) bool {
