@@ -138,6 +138,7 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 			return
 		}
 		keep, unread := w.finish()
+		w.end()
 		putH1Writer(bw) // the response is flushed (or failed): the next request takes one again
 		bw = nil
 		if unread {
@@ -367,6 +368,16 @@ type h1Writer struct {
 	trailers []string
 	hijacked bool
 	err      error // a write to the connection failed
+
+	// infoMu orders the writes that may come from other goroutines than
+	// the handler's, before the response starts: a relayed 1xx (net/http's
+	// Transport calls it from its reader) and "100 Continue" on the first
+	// read of the body (from its writer). Once sent, hijacked or ended is
+	// set under it, neither writes again: the buffer may be another
+	// request's by then.
+	infoMu    sync.Mutex
+	continued bool // a 100 Continue went out
+	ended     bool // finish is done; bw goes back to its pool
 }
 
 // corkAbove: a body write larger than one TLS record is sent in one
@@ -385,10 +396,16 @@ func (w *h1Writer) WriteHeader(code int) {
 	}
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
 		// an informational answer goes out now; the final one follows
+		w.infoMu.Lock()
+		defer w.infoMu.Unlock()
+		if w.sent || w.hijacked || w.ended || (code == http.StatusContinue && w.continued) {
+			return // one 100 Continue: the broker's own may have gone first
+		}
 		fmt.Fprintf(w.bw, "HTTP/1.1 %d %s\r\n", code, http.StatusText(code))
 		w.header.Write(w.bw)
 		w.bw.WriteString("\r\n")
 		w.bw.Flush()
+		w.continued = w.continued || code == http.StatusContinue
 		return
 	}
 	w.status = code
@@ -448,7 +465,9 @@ func (w *h1Writer) writeBody(p []byte) (int, error) {
 // commit writes the status line and header. done says the handler has
 // returned, so a body held in pre is the whole body.
 func (w *h1Writer) commit(done bool) {
+	w.infoMu.Lock()
 	w.sent = true
+	w.infoMu.Unlock()
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
@@ -554,8 +573,18 @@ func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.watch != nil {
 		w.watch.stop() // the handler reads the connection from now on
 	}
+	w.infoMu.Lock()
 	w.hijacked = true
+	w.infoMu.Unlock()
 	return w.conn, bufio.NewReadWriter(w.br, w.bw), nil
+}
+
+// end stops every late writer (a relayed 1xx, a "100 Continue") from
+// touching bw, which goes back to its pool.
+func (w *h1Writer) end() {
+	w.infoMu.Lock()
+	w.ended = true
+	w.infoMu.Unlock()
 }
 
 // finish completes the response after the handler returned and says
@@ -592,7 +621,7 @@ func (w *h1Writer) finish() (keep, unread bool) {
 	}
 	// the next request starts where this one's body ends (a body the agent
 	// still holds back for a "100 Continue" never sent ends the connection)
-	if e, ok := w.req.Body.(*expectContinue); ok && !e.read {
+	if e, ok := w.req.Body.(*expectContinue); ok && !e.read.Load() {
 		return false, false
 	}
 	if w.req.Body != nil && w.req.Body != http.NoBody {
@@ -626,15 +655,22 @@ type expectContinue struct {
 	io.ReadCloser
 	w    *h1Writer
 	once sync.Once
-	read bool
+	read atomic.Bool
 }
 
+// Read sends "100 Continue" first, unless a 100 was relayed already or the
+// response has started (net/http's Transport reads the body from its own
+// goroutine, possibly late).
 func (e *expectContinue) Read(p []byte) (int, error) {
 	e.once.Do(func() {
-		e.read = true
-		if !e.w.sent && !e.w.hijacked {
-			e.w.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-			e.w.bw.Flush()
+		e.read.Store(true)
+		w := e.w
+		w.infoMu.Lock()
+		defer w.infoMu.Unlock()
+		if !w.sent && !w.hijacked && !w.ended && !w.continued {
+			w.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			w.bw.Flush()
+			w.continued = true
 		}
 	})
 	return e.ReadCloser.Read(p)

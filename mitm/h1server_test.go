@@ -297,3 +297,48 @@ func TestH1ServerSlowRequestKeepsConnection(t *testing.T) {
 		t.Fatalf("statuses %v bodies %q", statuses, bodies)
 	}
 }
+
+// A chunked upload with Expect: 100-continue goes through net/http's
+// Transport, whose reader relays the upstream's 100 while its writer, on
+// the first read of the body, would send the broker's own: the agent gets
+// one 100 Continue, then the answer (the two writers once raced on the
+// connection's buffer, and the agent saw three 100s and a cut answer).
+func TestExpectContinueOnceWhenTheUpstreamSendsIt(t *testing.T) {
+	e := newEnv(t)
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
+		io.Copy(io.Discard, req.Body)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+	})
+	for i := 0; i < 10; i++ {
+		conn := dialTunnel(t, e, up.port)
+		fmt.Fprintf(conn, "POST /up HTTP/1.1\r\nHost: api.example.test:%d\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n", up.port)
+		br := bufio.NewReader(conn)
+		var got []int
+		for len(got) < 5 {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("try %d: after %v: %v", i, got, err)
+			}
+			got = append(got, resp.StatusCode)
+			if resp.StatusCode == 100 && len(got) == 1 {
+				io.WriteString(conn, "5\r\nhello\r\n0\r\n\r\n")
+			}
+			if resp.StatusCode >= 200 {
+				body, err := io.ReadAll(resp.Body)
+				if err != nil || string(body) != "ok" {
+					t.Fatalf("try %d: body %q, %v", i, body, err)
+				}
+				break
+			}
+		}
+		if len(got) != 2 || got[0] != 100 || got[1] != 200 {
+			t.Fatalf("try %d: the agent got %v, want [100 200]", i, got)
+		}
+		conn.Close()
+	}
+}
