@@ -241,14 +241,15 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// corkCap is a cork buffer's capacity: two full TLS records (a 32 KiB body
-// write, the scrubbing reader's chunk) with their overhead; 64 KiB writes
-// measured no different. Buffers come from corkPool for one corked write
-// and go back after it, so an agent connection holds none between writes.
-// (Grown by append and kept per connection instead, a buffer passed its
-// keep limit on the second record and was allocated again for every
-// write: 58 KiB of garbage and ~9 page faults per 32 KiB sent.)
-const corkCap = 2*corkAbove + 4096
+// corkCap is a cork buffer's capacity: four full TLS records with their
+// overhead, the largest body write (ReverseProxy's 64 KiB copy buffer, which
+// an unscrubbed body of known length fills; a scrubbed one comes in 32 KiB
+// chunks). Buffers come from corkPool for one corked write and go back after
+// it, so an agent connection holds none between writes. (Grown by append
+// and kept per connection instead, a buffer passed its keep limit on the
+// second record and was allocated again for every write: 58 KiB of garbage
+// and ~9 page faults per 32 KiB sent.)
+const corkCap = 4*corkAbove + 4096
 
 var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, corkCap); return &b }}
 
