@@ -18,10 +18,10 @@ func (c *countingConn) Write(p []byte) (int, error) {
 }
 
 // A corked large write (two or four full TLS 1.3 records, as crypto/tls
-// writes a 32 KiB scrubbed chunk or a 64 KiB unscrubbed one) goes out in one
-// write and allocates nothing once the pool has a cork buffer: a buffer regrown per write cost 58 KiB of garbage
-// and ~9 page faults per 32 KiB streamed. Between writes the connection
-// holds no buffer.
+// writes a 32 KiB scrubbed chunk or a 64 KiB unscrubbed one) goes out in
+// one write and allocates nothing once the pool has a cork buffer: a buffer
+// regrown per write cost 58 KiB of garbage and ~9 page faults per 32 KiB
+// streamed. Between writes the connection holds no buffer.
 func TestCorkedWritesReuseTheBuffer(t *testing.T) {
 	const record = 16384 + 5 + 1 + 16 // payload, header, inner type, GCM tag
 	rec := make([]byte, record)
