@@ -9,10 +9,13 @@ import "net/netip"
 // then refused, and the broker refused every NAT64 address, which broke
 // IPv6-only networks behind DNS64).
 //
-//   - Never: unspecified, link-local (cloud metadata lives there, and at
-//     fd00:ec2::254), multicast, broadcast, reserved, documentation,
-//     discard-only, Teredo, 6to4 (deprecated, RFC 7526) and local-use NAT64
-//     (its embedding cannot be read without the network's prefix length).
+//   - Never: unspecified, link-local (cloud metadata lives there), the
+//     metadata and platform addresses clouds keep elsewhere (fd00:ec2::254,
+//     fd20:ce::254, 100.100.100.200, 168.63.129.16), multicast, broadcast,
+//     reserved, documentation, discard-only, Teredo, 6to4 (deprecated, RFC
+//     7526), the deprecated IPv4-compatible (::a.b.c.d) and IPv4-translated
+//     (::ffff:0:a.b.c.d) forms, and local-use NAT64 (its embedding cannot be
+//     read without the network's prefix length).
 //   - Only with allowPrivate: loopback, "this network" (0/8 reaches the
 //     host itself on Linux), RFC 1918, CGNAT, IETF protocol assignments,
 //     benchmarking, unique-local and the deprecated site-local.
@@ -30,6 +33,9 @@ func UpstreamAddrAllowed(a netip.Addr, allowPrivate bool) bool {
 	}
 	if a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsInterfaceLocalMulticast() || a.IsLinkLocalMulticast() {
 		return false
+	}
+	if ipv4Compatible.Contains(a) && !a.IsLoopback() {
+		return false // ::a.b.c.d; ::1 is loopback, judged below
 	}
 	for _, p := range neverUpstream {
 		if p.Contains(a) {
@@ -50,21 +56,28 @@ func UpstreamAddrAllowed(a netip.Addr, allowPrivate bool) bool {
 	return true
 }
 
-var wellKnownNAT64 = netip.MustParsePrefix("64:ff9b::/96")
+var (
+	wellKnownNAT64 = netip.MustParsePrefix("64:ff9b::/96")
+	ipv4Compatible = netip.MustParsePrefix("::/96")
+)
 
 var neverUpstream = mustPrefixes(
 	"169.254.0.0/16",                                    // link-local, cloud metadata
 	"192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", // documentation
-	"224.0.0.0/4",       // multicast
-	"240.0.0.0/4",       // reserved, and broadcast
-	"fe80::/10",         // link-local
-	"ff00::/8",          // multicast
-	"100::/64",          // discard-only
-	"2001::/32",         // Teredo
-	"2001:db8::/32",     // documentation
-	"2002::/16",         // 6to4
-	"64:ff9b:1::/48",    // local-use NAT64
-	"fd00:ec2::254/128", // cloud metadata over IPv6 (inside fc00::/7)
+	"224.0.0.0/4",        // multicast
+	"240.0.0.0/4",        // reserved, and broadcast
+	"fe80::/10",          // link-local
+	"ff00::/8",           // multicast
+	"100::/64",           // discard-only
+	"2001::/32",          // Teredo
+	"2001:db8::/32",      // documentation
+	"2002::/16",          // 6to4
+	"64:ff9b:1::/48",     // local-use NAT64
+	"::ffff:0:0:0/96",    // IPv4-translated (SIIT)
+	"fd00:ec2::254/128",  // AWS metadata over IPv6 (inside fc00::/7)
+	"fd20:ce::254/128",   // Google Cloud metadata over IPv6
+	"100.100.100.200/32", // Alibaba Cloud metadata (inside CGNAT space)
+	"168.63.129.16/32",   // Azure platform endpoint (WireServer)
 )
 
 var privateUpstream = mustPrefixes(
