@@ -87,11 +87,14 @@ func (s *Store) Credentials(vault string) ([]Credential, error) {
 		prefix := vaultPrefix(vault)
 		c := bucket(tx, bucketCredentials).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			key := string(k[len(prefix):])
 			var rec credentialRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("decode credential %q: %w", k[len(prefix):], err)
+				// an altered record is listed as one to set again, not
+				// an error that hides the whole vault's list
+				out = append(out, Credential{Vault: vault, Key: key, Undecryptable: true})
+				continue
 			}
-			key := string(k[len(prefix):])
 			out = append(out, Credential{Vault: vault, Key: key, CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt, UpdatedBy: rec.UpdatedBy,
 				Undecryptable: bad[vault+"/"+key]})
 		}

@@ -200,3 +200,32 @@ func TestCAKeyBoundToItsRecord(t *testing.T) {
 		t.Fatalf("CA with a moved ciphertext: %v", err)
 	}
 }
+
+// A credential record whose JSON was altered in the file is listed as
+// undecryptable; the vault's other credentials are listed as they are.
+func TestAlteredCredentialRecordIsListed(t *testing.T) {
+	s, path := newStore(t)
+	if _, err := s.CreateVault(alice, "prod"); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"alpha", "beta"} {
+		if _, err := s.SetCredential(alice, "prod", k, []byte("value-of-"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustClose(t, s)
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte(bucketCredentials)).Put(pairKey("prod", "alpha"), []byte("{not json"))
+	})
+	s = openTest(t, path, testOptions())
+	cs, err := s.Credentials("prod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != 2 || cs[0].Key != "alpha" || !cs[0].Undecryptable || cs[1].Key != "beta" || cs[1].Undecryptable {
+		t.Fatalf("credentials = %+v", cs)
+	}
+	if _, ok := s.Secret("prod", "alpha"); ok {
+		t.Fatal("the altered credential is in the cache")
+	}
+}
