@@ -51,13 +51,14 @@
 // them inline without waiting; any other Sink gets them from a goroutine,
 // retried a few times, and Shutdown waits for every one of them.
 //
-// WebSocket: on a request carrying a credential, the upstream's frames are
-// scrubbed one by one after the 101 (wsScrubber: headers unchanged, payloads
-// redacted at their length; a value split across two frames is not found).
-// The agent's compression offer (Sec-WebSocket-Extensions) is not passed
-// on, and an upgrade the broker cannot read (another protocol, a
-// negotiated extension, a masked or reserved-bit frame) is refused or
-// ended, never relayed. The agent's own frames pass unchanged.
+// WebSocket: on a request carrying a credential, the upstream's messages
+// are scrubbed after the 101 (wsScrubber: each data message as one stream
+// across its fragments, re-fragmented on the way; control frames on their
+// own; lengths kept). The agent's compression offer
+// (Sec-WebSocket-Extensions) is not passed on, and an upgrade the broker
+// cannot read (another protocol, a negotiated extension, a masked or
+// reserved-bit frame, fragments out of order) is refused or ended, never
+// relayed. The agent's own frames pass unchanged.
 //
 // ECH (a departure from ARCHITECTURE.md section 3, which says to deny it):
 // the broker decides on the ClientHello's outer name like on any other SNI

@@ -579,3 +579,39 @@ func dialTunnel(t *testing.T, e *env, port int) *tls.Conn {
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	return conn
 }
+
+// wsReadMessage reads the next message: a control frame, or the data
+// frames of one message joined (the broker may re-fragment them). op is
+// the control frame's or the message's first frame's opcode.
+func wsReadMessage(r io.Reader) (byte, []byte, error) {
+	var msg []byte
+	first := byte(0xff)
+	for {
+		fin, op, payload, err := wsReadFrameFin(r)
+		if err != nil {
+			return 0, nil, err
+		}
+		if op >= 0x8 {
+			if first != 0xff {
+				return 0, nil, fmt.Errorf("control frame %d inside a message (fine by RFC 6455, not expected by these tests)", op)
+			}
+			return op, payload, nil
+		}
+		if first == 0xff {
+			first = op
+		}
+		msg = append(msg, payload...)
+		if fin {
+			return first, msg, nil
+		}
+	}
+}
+
+func wsReadFrameFin(r io.Reader) (bool, byte, []byte, error) {
+	var b0 [1]byte
+	if _, err := io.ReadFull(r, b0[:]); err != nil {
+		return false, 0, nil, err
+	}
+	op, payload, err := wsReadFrame(io.MultiReader(bytes.NewReader([]byte{b0[0] & 0x0f}), r))
+	return b0[0]&0x80 != 0, op, payload, err
+}

@@ -98,7 +98,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 			{wsText, len("extensions="), "extensions="}, // the agent's offer was not passed on
 			{wsClose, 2, ""},
 		} {
-			op, payload, err := wsReadFrame(br)
+			op, payload, err := wsReadMessage(br)
 			if err != nil {
 				t.Fatalf("%s: frame %d: %v", via, i, err)
 			}

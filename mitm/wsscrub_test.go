@@ -22,30 +22,50 @@ type rwcOf struct{ io.Reader }
 func (rwcOf) Write(p []byte) (int, error) { return len(p), nil }
 func (rwcOf) Close() error                { return nil }
 
-// Every frame shape reaches the agent with its header unchanged and its
-// payload redacted, however the upstream's bytes are split.
-func TestWSScrubberFrames(t *testing.T) {
+// Every message reaches the agent whole and redacted, however the
+// upstream fragments it and however its bytes are split on the wire: a
+// value split across fragments (even one byte per fragment) is found,
+// control frames between fragments pass, and lengths are kept.
+func TestWSScrubberMessages(t *testing.T) {
 	secret := []byte(sentinel)
 	s := scrub.New(scrub.Forms([][]byte{secret}))
-	var in bytes.Buffer
-	big := bytes.Repeat([]byte("y"), 70<<10) // 64-bit length
-	copy(big[32<<10-5:], secret)             // across the reader's chunk
+	big := bytes.Repeat([]byte("y"), 70<<10) // 64-bit length, several windows
+	copy(big[wsChunk-5:], secret)            // across a window's end
 	mid := bytes.Repeat([]byte("z"), 300)    // 16-bit length
 	copy(mid[290-len(secret):], secret)
-	frames := []struct {
+	type frame struct {
 		fin     bool
 		op      byte
 		payload []byte
-	}{
-		{true, wsText, []byte("token " + sentinel + " end")},
-		{true, wsPing, secret},
-		{false, wsText, []byte("first part " + sentinel)}, // a fragmented message
-		{true, 0x0, []byte(sentinel + " continued")},
-		{true, wsBinary, mid},
-		{true, wsBinary, big},
-		{true, wsPong, nil},
-		{true, wsClose, append([]byte{0x03, 0xe8}, secret...)},
 	}
+	var frames []frame
+	var want []wsMessage
+	add := func(op byte, payload []byte, cuts ...int) { // one message, fragmented at cuts
+		last := 0
+		for i, c := range append(cuts, len(payload)) {
+			fop := op
+			if i > 0 {
+				fop = 0
+			}
+			frames = append(frames, frame{c == len(payload), fop, payload[last:c]})
+			last = c
+		}
+		want = append(want, wsMessage{op, payload})
+	}
+	add(wsText, []byte("token "+sentinel+" end"))
+	add(wsPing, secret)
+	add(wsText, []byte("first part "+sentinel+" continued"), 14, 20) // the value across three fragments
+	add(wsBinary, mid)
+	add(wsBinary, big)
+	add(wsBinary, append([]byte("x"), secret...), 2, 3, 4, 5, 6, 7, 8, 9, 10) // a byte a fragment
+	add(wsPong, nil)
+	add(wsText, []byte("fragment then control: "+sentinel), 30)
+	add(wsClose, append([]byte{0x03, 0xe8}, secret...))
+	// a ping between two fragments of one message
+	frames = append(frames[:len(frames)-2], frame{true, wsPing, []byte("between")}, frames[len(frames)-2], frames[len(frames)-1])
+	want = append(want[:len(want)-2], wsMessage{wsPing, []byte("between")}, want[len(want)-2], want[len(want)-1])
+
+	var in bytes.Buffer
 	for _, f := range frames {
 		wsWriteFrame(&in, f.fin, f.op, f.payload, false)
 	}
@@ -56,20 +76,64 @@ func TestWSScrubberFrames(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if len(out) != in.Len() || bytes.Contains(out, secret) {
-			t.Fatalf("%s: %d bytes out of %d, secret present: %v", name, len(out), in.Len(), bytes.Contains(out, secret))
+		if bytes.Contains(out, secret) {
+			t.Fatalf("%s: the secret is in the output", name)
 		}
-		r := bytes.NewReader(out)
-		for i, f := range frames {
-			op, payload, err := wsReadFrame(r)
-			if err != nil || op != f.op || len(payload) != len(f.payload) {
-				t.Fatalf("%s: frame %d: opcode %d, %d bytes, %v", name, i, op, len(payload), err)
+		got, err := wsMessages(out)
+		if err != nil || len(got) != len(want) {
+			t.Fatalf("%s: %d messages, %v; want %d", name, len(got), err, len(want))
+		}
+		for i, m := range want {
+			redacted := bytes.Clone(m.payload)
+			s.Redact(redacted)
+			if got[i].op != m.op || !bytes.Equal(got[i].payload, redacted) {
+				t.Fatalf("%s: message %d: opcode %d, %.60q; want opcode %d, %.60q", name, i, got[i].op, got[i].payload, m.op, redacted)
 			}
-			if bytes.Contains(f.payload, secret) && !bytes.Contains(payload, []byte("[REDACTED")) {
-				t.Fatalf("%s: frame %d not redacted: %.60q", name, i, payload)
+			if bytes.Contains(m.payload, secret) && !bytes.Contains(got[i].payload, []byte("[REDACTED")) {
+				t.Fatalf("%s: message %d not redacted", name, i)
 			}
 		}
 	}
+}
+
+type wsMessage struct {
+	op      byte
+	payload []byte
+}
+
+// wsMessages parses a stream of server frames into messages as an agent's
+// library delivers them: a control frame when it arrives, a data message
+// when its last fragment arrives.
+func wsMessages(b []byte) ([]wsMessage, error) {
+	r := bytes.NewReader(b)
+	var msgs []wsMessage
+	var cur []byte
+	op := -1
+	for r.Len() > 0 {
+		fin, fop, payload, err := wsReadFrameFin(r)
+		if err != nil {
+			return msgs, err
+		}
+		if fop >= 0x8 {
+			msgs = append(msgs, wsMessage{fop, payload})
+			continue
+		}
+		if (op < 0) != (fop != 0) {
+			return msgs, fmt.Errorf("opcode %d out of order", fop)
+		}
+		if op < 0 {
+			op = int(fop)
+		}
+		cur = append(cur, payload...)
+		if fin {
+			msgs = append(msgs, wsMessage{byte(op), cur})
+			cur, op = nil, -1
+		}
+	}
+	if op >= 0 {
+		return msgs, errors.New("the last message has no final fragment")
+	}
+	return msgs, nil
 }
 
 // A frame the broker cannot read ends the stream before any of it is
@@ -82,11 +146,16 @@ func TestWSScrubberRefuses(t *testing.T) {
 		frame []byte
 		want  error
 	}{
-		"compressed (RSV1)": {[]byte{0xc1, 0x05, 'x', 'x', 'x', 'x', 'x'}, errWSFrame},
-		"masked":            {[]byte{0x81, 0x85, 1, 2, 3, 4, 'x', 'x', 'x', 'x', 'x'}, errWSFrame},
-		"length over 2^63":  {[]byte{0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0}, errWSFrame},
-		"cut short":         {[]byte{0x81, 0x0a, 'x', 'x'}, io.ErrUnexpectedEOF},
-		"cut in the header": {[]byte{0x81, 0x7e, 0x01}, io.ErrUnexpectedEOF},
+		"compressed (RSV1)":      {[]byte{0xc1, 0x05, 'x', 'x', 'x', 'x', 'x'}, errWSFrame},
+		"masked":                 {[]byte{0x81, 0x85, 1, 2, 3, 4, 'x', 'x', 'x', 'x', 'x'}, errWSFrame},
+		"length over 2^63":       {[]byte{0x82, 0x7f, 0x80, 0, 0, 0, 0, 0, 0, 0}, errWSFrame},
+		"cut short":              {[]byte{0x81, 0x0a, 'x', 'x'}, io.ErrUnexpectedEOF},
+		"cut in the header":      {[]byte{0x81, 0x7e, 0x01}, io.ErrUnexpectedEOF},
+		"continuation first":     {[]byte{0x80, 0x01, 'x'}, errWSFrame},
+		"new message inside one": {[]byte{0x01, 0x01, 'x', 0x81, 0x01, 'y'}, errWSFrame},
+		"fragmented ping":        {[]byte{0x09, 0x01, 'x'}, errWSFrame},
+		"long ping":              {append([]byte{0x89, 0x7e, 0x00, 0x7e}, make([]byte, 126)...), errWSFrame},
+		"reserved opcode":        {[]byte{0x83, 0x01, 'x'}, errWSFrame},
 	} {
 		out, err := io.ReadAll(newWSScrubber(rwcOf{io.MultiReader(bytes.NewReader(ok.Bytes()), bytes.NewReader(tc.frame))}, s))
 		if !errors.Is(err, tc.want) {
