@@ -16,16 +16,7 @@ import (
 )
 
 func TestCiphertextSwappedBetweenRecordsDoesNotDecrypt(t *testing.T) {
-	s, path := newStore(t)
-	if _, err := s.CreateVault(alice, "prod"); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"alpha", "beta"} {
-		if _, err := s.SetCredential(alice, "prod", k, []byte("value-of-"+k)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mustClose(t, s)
+	path := closedStoreWithTwoCredentials(t)
 
 	// swap the two stored values in the bbolt file
 	ka, kb := pairKey("prod", "alpha"), pairKey("prod", "beta")
@@ -41,7 +32,7 @@ func TestCiphertextSwappedBetweenRecordsDoesNotDecrypt(t *testing.T) {
 	logs := &logBuffer{}
 	opt := testOptions()
 	opt.Logger = newTextLogger(logs)
-	s = openTest(t, path, opt)
+	s := openTest(t, path, opt)
 	for _, k := range []string{"alpha", "beta"} {
 		if v, ok := s.Secret("prod", k); ok {
 			t.Fatalf("swapped credential %s decrypted to %q", k, v)
@@ -204,20 +195,11 @@ func TestCAKeyBoundToItsRecord(t *testing.T) {
 // A credential record whose JSON was altered in the file is listed as
 // undecryptable; the vault's other credentials are listed as they are.
 func TestAlteredCredentialRecordIsListed(t *testing.T) {
-	s, path := newStore(t)
-	if _, err := s.CreateVault(alice, "prod"); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"alpha", "beta"} {
-		if _, err := s.SetCredential(alice, "prod", k, []byte("value-of-"+k)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mustClose(t, s)
+	path := closedStoreWithTwoCredentials(t)
 	rawUpdate(t, path, func(tx *bolt.Tx) error {
 		return tx.Bucket([]byte(bucketCredentials)).Put(pairKey("prod", "alpha"), []byte("{not json"))
 	})
-	s = openTest(t, path, testOptions())
+	s := openTest(t, path, testOptions())
 	cs, err := s.Credentials("prod")
 	if err != nil {
 		t.Fatal(err)
@@ -228,4 +210,21 @@ func TestAlteredCredentialRecordIsListed(t *testing.T) {
 	if _, ok := s.Secret("prod", "alpha"); ok {
 		t.Fatal("the altered credential is in the cache")
 	}
+}
+
+// closedStoreWithTwoCredentials is a closed store file with vault prod and
+// its credentials alpha and beta ("value-of-alpha", "value-of-beta").
+func closedStoreWithTwoCredentials(t *testing.T) string {
+	t.Helper()
+	s, path := newStore(t)
+	if _, err := s.CreateVault(alice, "prod"); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"alpha", "beta"} {
+		if _, err := s.SetCredential(alice, "prod", k, []byte("value-of-"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustClose(t, s)
+	return path
 }
