@@ -132,7 +132,8 @@ func (w *wsScrubber) nextFrame() error {
 			return io.ErrUnexpectedEOF
 		}
 		w.s.Redact(b)
-		w.hdrOut, w.body = h, b // its header as it came: 2 bytes
+		h[1] = byte(n) // the short length form, whichever form it came in
+		w.hdrOut, w.body = h, b
 	case op == 0x0: // continuation
 		if !w.inMsg {
 			return errWSFrame
