@@ -124,7 +124,7 @@ func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, errInject
 	}
 	if f.agentH1 && g.h1 != nil && h1Eligible(req) {
-		return g.h1.RoundTrip(req) // it drops 1xx responses
+		return g.h1.RoundTrip(req) // it scrubs the 1xx responses it relays itself
 	}
 	if f.scrub != nil && !f.scrub.Empty() {
 		// ReverseProxy relays 1xx responses (103 Early Hints) from its own

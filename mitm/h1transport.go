@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"sync"
 	"syscall"
 	"time"
@@ -169,7 +171,11 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			resp.Body.Close()
-			continue // 100 Continue, 103 Early Hints: the final answer follows
+			if err := relayInformational(req, resp); err != nil {
+				stop()
+				return nil, err
+			}
+			continue // the final answer follows
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			// the connection now belongs to the upgraded protocol
@@ -191,6 +197,23 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 		resp.Body = &h1Body{rc: resp.Body, pc: pc, t: t, reusable: reusable, stop: stop, fill: resp.ContentLength > fillAbove}
 		return resp, nil
 	}
+}
+
+// relayInformational hands a 1xx response other than 100 Continue (103
+// Early Hints) to the request's trace, as net/http's Transport does, so
+// ReverseProxy relays it to the agent: scrubbed first, without Alt-Svc.
+// 100 Continue is the agent's own business with serveH1 (the body was sent
+// already).
+func relayInformational(req *http.Request, resp *http.Response) error {
+	trace := httptrace.ContextClientTrace(req.Context())
+	if resp.StatusCode == http.StatusContinue || trace == nil || trace.Got1xxResponse == nil {
+		return nil
+	}
+	resp.Header.Del("Alt-Svc")
+	if f := forwardFrom(req.Context()); f != nil && f.scrub != nil {
+		f.scrub.Header(resp.Header)
+	}
+	return trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header))
 }
 
 // h1Body returns its connection to the pool once read to the end.
