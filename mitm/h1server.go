@@ -141,6 +141,13 @@ func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 		w.end()
 		putH1Writer(bw) // the response is flushed (or failed): the next request takes one again
 		bw = nil
+		if !keep {
+			// The request body was not read to its end and closed: net/http's
+			// Transport may still be reading it through br from its own
+			// goroutine (a stalled upload the upstream did not wait for), so
+			// br is never pooled again, only dropped.
+			br = nil
+		}
 		if unread {
 			// The agent is still sending a body nobody reads: closing now
 			// would reset the connection and could destroy the answer in
@@ -245,8 +252,14 @@ var (
 
 func putH1Reader(br *bufio.Reader) {
 	br.Reset(nil)
+	if h1ReaderPut != nil {
+		h1ReaderPut(br)
+	}
 	h1Readers.Put(br)
 }
+
+// h1ReaderPut sees every reader given back (tests).
+var h1ReaderPut func(*bufio.Reader)
 
 func putH1Writer(bw *bufio.Writer) {
 	bw.Reset(nil)

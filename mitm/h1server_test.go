@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -340,5 +341,43 @@ func TestExpectContinueOnceWhenTheUpstreamSendsIt(t *testing.T) {
 			t.Fatalf("try %d: the agent got %v, want [100 200]", i, got)
 		}
 		conn.Close()
+	}
+}
+
+// A request body that was not read to its end may still be read by net/http's
+// Transport from its own goroutine (a stalled chunked upload the upstream
+// answered without reading): the connection's reader is then never given
+// back to the pool, where another connection would take it while that
+// goroutine still writes into it.
+func TestH1ReaderNotPooledWhileTheBodyMayBeRead(t *testing.T) {
+	e := newEnv(t)
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		time.Sleep(300 * time.Millisecond)
+	})
+	var mu sync.Mutex
+	var put []*bufio.Reader
+	h1ReaderPut = func(br *bufio.Reader) { mu.Lock(); put = append(put, br); mu.Unlock() }
+	defer func() { h1ReaderPut = nil }()
+	conn := dialTunnel(t, e, up.port)
+	defer conn.Close()
+	// a chunked upload that stalls after its first chunk
+	fmt.Fprintf(conn, "POST /up HTTP/1.1\r\nHost: api.example.test:%d\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n", up.port)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	time.Sleep(200 * time.Millisecond) // serveH1 has returned
+	mu.Lock()
+	defer mu.Unlock()
+	if len(put) != 0 {
+		t.Fatalf("%d readers went back to the pool while the upload could still be read", len(put))
 	}
 }
