@@ -54,7 +54,8 @@
 // WebSocket: on a request carrying a credential, the upstream's messages
 // are scrubbed after the 101 (wsScrubber: each data message as one stream
 // across its fragments, re-fragmented on the way; control frames on their
-// own; lengths kept). The agent's compression offer
+// own; lengths kept; a value split across two messages is not found, as a
+// message is the unit an agent reads). The agent's compression offer
 // (Sec-WebSocket-Extensions) is not passed on, and an upgrade the broker
 // cannot read (another protocol, a negotiated extension, a masked or
 // reserved-bit frame, fragments out of order) is refused or ended, never

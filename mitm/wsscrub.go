@@ -31,9 +31,8 @@ import (
 // opcode, or fragments out of order end the connection.
 type wsScrubber struct {
 	io.ReadWriteCloser
-	br   *bufio.Reader
-	s    *scrub.Scrubber
-	hold int // bytes a message keeps back at a fragment's end
+	br *bufio.Reader
+	s  *scrub.Scrubber
 
 	// what Read returns next: a header, then a payload
 	hdr    [10]byte
@@ -47,6 +46,7 @@ type wsScrubber struct {
 	sentAny bool    // a frame of it went out
 	pend    *[]byte // read, scrubbed as a window, not yet sent; pooled
 	sent    int     // the start of pend went out as body: drop it before reading on
+	pending int     // scrub.Window's carry between windows
 	done    bool    // the message's last body is out: pend goes back once read
 
 	// the upstream's data frame being read
@@ -63,7 +63,7 @@ var wsBufs = sync.Pool{New: func() any { b := make([]byte, 0, wsChunk+1024); ret
 var errWSFrame = errors.New("websocket: the upstream sent a frame the broker cannot scrub (masked, reserved bits or opcode, or fragments out of order)")
 
 func newWSScrubber(rwc io.ReadWriteCloser, s *scrub.Scrubber) *wsScrubber {
-	return &wsScrubber{ReadWriteCloser: rwc, br: bufio.NewReader(rwc), s: s, hold: s.MaxHold()}
+	return &wsScrubber{ReadWriteCloser: rwc, br: bufio.NewReader(rwc), s: s}
 }
 
 func (w *wsScrubber) Read(p []byte) (int, error) {
@@ -152,8 +152,9 @@ func (w *wsScrubber) nextFrame() error {
 }
 
 // readPayload reads the next part of the current data frame into the
-// message's window, redacts it, and queues what is safe to send: all of it
-// at the message's end, else all but the bytes that could begin a value.
+// message's window, scrubs it (scrub.Window), and queues what is safe to
+// send: all of it at the message's end, else all but the bytes that could
+// begin a value.
 func (w *wsScrubber) readPayload() error {
 	if w.pend == nil {
 		w.pend = wsBufs.Get().(*[]byte)
@@ -174,16 +175,16 @@ func (w *wsScrubber) readPayload() error {
 	pend = pend[:len(pend)+k]
 	w.left -= int64(k)
 	*w.pend = pend
-	w.s.Redact(pend)
-	if w.left > 0 {
-		return w.emit(max(len(pend)-w.hold, 0), false)
+	final := w.left == 0 && w.fin
+	if w.left == 0 {
+		w.inFrame = false
 	}
-	w.inFrame = false
-	if w.fin {
-		w.inMsg = false
-		return w.emit(len(pend), true)
+	safe, pending := w.s.Window(pend, final, w.pending)
+	w.pending = pending
+	if final {
+		w.inMsg, w.pending = false, 0
 	}
-	return w.emit(max(len(pend)-w.hold, 0), false)
+	return w.emit(safe, final)
 }
 
 // emit queues pend[:n] as the message's next frame (final: with FIN, even

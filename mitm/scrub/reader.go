@@ -107,28 +107,42 @@ func (r *reader) Read(p []byte) (int, error) {
 
 // process scans buf[:n], decides how much is safe to emit and masks it.
 func (r *reader) process(final bool) {
-	w := r.buf[:r.n]
-	safe := len(w)
+	r.safe, r.pending, r.ivs = r.s.window(r.buf[:r.n], final, r.pending, r.ivs[:0])
+}
+
+// Window is the step of a stream scrubber for callers that frame the stream
+// themselves (WebSocket messages): w is the bytes held back last time
+// (w[:heldLen], unmasked) followed by new ones; pending is what the last call
+// returned (0 at the start). It masks w[:safe], the part that can be sent
+// now: all of w when final, else all but a tail that could begin a value.
+// The caller sends w[:safe] and keeps w[safe:] as it is for the next call,
+// which must start with it. Values overlapping each other or the held tail
+// are found as by Reader.
+func (s *Scrubber) Window(w []byte, final bool, pending int) (safe, nextPending int) {
+	safe, nextPending, _ = s.window(w, final, pending, nil)
+	return safe, nextPending
+}
+
+// window is Window with a scratch interval slice.
+func (s *Scrubber) window(w []byte, final bool, pending int, ivs []interval) (safe, nextPending int, scratch []interval) {
+	safe = len(w)
 	if !final {
-		safe = r.s.heldFrom(w)
+		safe = s.heldFrom(w)
 	}
-	ivs := r.ivs[:0]
-	if r.pending > 0 {
-		ivs = append(ivs, interval{0, min(r.pending, len(w))})
+	if pending > 0 {
+		ivs = append(ivs, interval{0, min(pending, len(w))})
 	}
-	ivs = r.s.find(w, safe, ivs)
-	if r.pending > 0 {
+	ivs = s.find(w, safe, ivs)
+	if pending > 0 {
 		ivs = mergeIntervals(ivs, 0)
 	}
 	maskIntervals(w, ivs, safe)
-	r.pending = 0
 	for _, iv := range ivs {
 		if iv.hi > safe {
-			r.pending = max(r.pending, iv.hi-safe)
+			nextPending = max(nextPending, iv.hi-safe)
 		}
 	}
-	r.ivs = ivs[:0]
-	r.safe = safe
+	return safe, nextPending, ivs[:0]
 }
 
 // heldFrom returns the first position of w's tail that could start a form
