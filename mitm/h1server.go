@@ -411,11 +411,13 @@ func (w *h1Writer) WriteHeader(code int) {
 		// an informational answer goes out now; the final one follows
 		w.infoMu.Lock()
 		defer w.infoMu.Unlock()
-		if w.sent || w.hijacked || w.ended || (code == http.StatusContinue && w.continued) {
-			return // one 100 Continue: the broker's own may have gone first
+		if w.sent || w.hijacked || w.ended || (code == http.StatusContinue && w.continued) || !w.req.ProtoAtLeast(1, 1) {
+			// one 100 Continue (the broker's own may have gone first); none
+			// to an HTTP/1.0 agent, which could take it for the answer
+			return
 		}
 		fmt.Fprintf(w.bw, "HTTP/1.1 %d %s\r\n", code, http.StatusText(code))
-		w.header.Write(w.bw)
+		w.header.WriteSubset(w.bw, informationalExcluded)
 		w.bw.WriteString("\r\n")
 		w.bw.Flush()
 		w.continued = w.continued || code == http.StatusContinue
@@ -423,6 +425,10 @@ func (w *h1Writer) WriteHeader(code int) {
 	}
 	w.status = code
 }
+
+// informationalExcluded are header fields a 1xx response never carries
+// (as net/http's server leaves them out).
+var informationalExcluded = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
 
 func (w *h1Writer) Write(p []byte) (int, error) {
 	if w.hijacked {

@@ -157,11 +157,7 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 		stop()
 		return nil, err
 	}
-	for informational := 0; ; informational++ {
-		if informational > maxInformational {
-			stop()
-			return nil, errTooManyInformational
-		}
+	for informational := 0; ; {
 		pc.lim.left = maxResponseHeader
 		resp, err := http.ReadResponse(pc.br, req)
 		pc.lim.left = 1 << 62
@@ -171,6 +167,10 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			resp.Body.Close()
+			if informational++; informational > maxInformational {
+				stop()
+				return nil, errTooManyInformational
+			}
 			if err := relayInformational(req, resp); err != nil {
 				stop()
 				return nil, err

@@ -174,22 +174,42 @@ func TestH1TransportPassesInformationalResponses(t *testing.T) {
 }
 
 // An upstream that never stops sending 1xx responses gets 502, not a
-// broker reading forever.
+// broker reading forever: five before the answer pass (as net/http's
+// Transport allows), a sixth does not.
 func TestH1TransportLimitsInformationalResponses(t *testing.T) {
 	e := newEnv(t)
-	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
-		if _, err := http.ReadRequest(br); err != nil {
-			return
-		}
-		for range 50 {
-			if _, err := io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"); err != nil {
+	for hints, want := range map[int]int{5: http.StatusOK, 6: http.StatusBadGateway, 50: http.StatusBadGateway} {
+		up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+			if _, err := http.ReadRequest(br); err != nil {
 				return
 			}
+			for range hints {
+				if _, err := io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"); err != nil {
+					return
+				}
+			}
+			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		})
+		if code, _ := e.getVia(t, e.proxyClient(agentToken, false), up.port, "/x"); code != want {
+			t.Fatalf("got %d after %d informational responses, want %d", code, hints, want)
 		}
-		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-	})
-	if code, _ := e.getVia(t, e.proxyClient(agentToken, false), up.port, "/x"); code != http.StatusBadGateway {
-		t.Fatalf("got %d after 50 informational responses, want 502", code)
+	}
+}
+
+// An HTTP/1.0 agent gets no 1xx response (it could take one for the
+// answer), only the answer.
+func TestNoInformationalToHTTP10(t *testing.T) {
+	e := newEnv(t)
+	conn := dialTunnel(t, e, int(e.up.port))
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /early HTTP/1.0\r\nHost: api.example.test:%d\r\n\r\n", e.up.port)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("an HTTP/1.0 agent got %d first, want the answer", resp.StatusCode)
 	}
 }
 
