@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -485,88 +484,6 @@ func (s *memSink) find(action, decision string) []audit.Event {
 	return out
 }
 
-// WebSocket opcodes the tests use.
-const (
-	wsText   = 0x1
-	wsBinary = 0x2
-	wsClose  = 0x8
-	wsPing   = 0x9
-	wsPong   = 0xa
-)
-
-// wsWriteFrame writes one frame (RFC 6455 section 5.2); clients mask.
-func wsWriteFrame(w io.Writer, fin bool, opcode byte, payload []byte, mask bool) error {
-	h := []byte{opcode, 0}
-	if fin {
-		h[0] |= 0x80
-	}
-	switch n := len(payload); {
-	case n < 126:
-		h[1] = byte(n)
-	case n <= 0xffff:
-		h[1] = 126
-		h = binary.BigEndian.AppendUint16(h, uint16(n))
-	default:
-		h[1] = 127
-		h = binary.BigEndian.AppendUint64(h, uint64(n))
-	}
-	body := payload
-	if mask {
-		h[1] |= 0x80
-		key := []byte{0x12, 0x34, 0x56, 0x78}
-		h = append(h, key...)
-		body = make([]byte, len(payload))
-		for i, b := range payload {
-			body[i] = b ^ key[i%4]
-		}
-	}
-	if _, err := w.Write(h); err != nil {
-		return err
-	}
-	_, err := w.Write(body)
-	return err
-}
-
-// wsReadFrame reads one frame and returns its opcode and unmasked payload.
-func wsReadFrame(r io.Reader) (byte, []byte, error) {
-	h := make([]byte, 2)
-	if _, err := io.ReadFull(r, h); err != nil {
-		return 0, nil, err
-	}
-	n := uint64(h[1] & 0x7f)
-	switch n {
-	case 126:
-		b := make([]byte, 2)
-		if _, err := io.ReadFull(r, b); err != nil {
-			return 0, nil, err
-		}
-		n = uint64(binary.BigEndian.Uint16(b))
-	case 127:
-		b := make([]byte, 8)
-		if _, err := io.ReadFull(r, b); err != nil {
-			return 0, nil, err
-		}
-		n = binary.BigEndian.Uint64(b)
-	}
-	var key []byte
-	if h[1]&0x80 != 0 {
-		key = make([]byte, 4)
-		if _, err := io.ReadFull(r, key); err != nil {
-			return 0, nil, err
-		}
-	}
-	payload := make([]byte, n)
-	if _, err := io.ReadFull(r, payload); err != nil {
-		return 0, nil, err
-	}
-	for i := range payload {
-		if key != nil {
-			payload[i] ^= key[i%4]
-		}
-	}
-	return h[0] & 0x0f, payload, nil
-}
-
 // dialTunnel opens a CONNECT tunnel to api.example.test:port as the agent
 // and completes TLS (HTTP/1.1) inside it.
 func dialTunnel(t *testing.T, e *env, port int) *tls.Conn {
@@ -578,40 +495,4 @@ func dialTunnel(t *testing.T, e *env, port int) *tls.Conn {
 	conn := tls.Client(raw, &tls.Config{ServerName: "api.example.test", RootCAs: e.caPool, NextProtos: []string{"http/1.1"}})
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	return conn
-}
-
-// wsReadMessage reads the next message: a control frame, or the data
-// frames of one message joined (the broker may re-fragment them). op is
-// the control frame's or the message's first frame's opcode.
-func wsReadMessage(r io.Reader) (byte, []byte, error) {
-	var msg []byte
-	first := byte(0xff)
-	for {
-		fin, op, payload, err := wsReadFrameFin(r)
-		if err != nil {
-			return 0, nil, err
-		}
-		if op >= 0x8 {
-			if first != 0xff {
-				return 0, nil, fmt.Errorf("control frame %d inside a message (fine by RFC 6455, not expected by these tests)", op)
-			}
-			return op, payload, nil
-		}
-		if first == 0xff {
-			first = op
-		}
-		msg = append(msg, payload...)
-		if fin {
-			return first, msg, nil
-		}
-	}
-}
-
-func wsReadFrameFin(r io.Reader) (bool, byte, []byte, error) {
-	var b0 [1]byte
-	if _, err := io.ReadFull(r, b0[:]); err != nil {
-		return false, 0, nil, err
-	}
-	op, payload, err := wsReadFrame(io.MultiReader(bytes.NewReader([]byte{b0[0] & 0x0f}), r))
-	return b0[0]&0x80 != 0, op, payload, err
 }

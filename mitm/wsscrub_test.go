@@ -100,46 +100,6 @@ func TestWSScrubberMessages(t *testing.T) {
 	}
 }
 
-type wsMessage struct {
-	op      byte
-	payload []byte
-}
-
-// wsMessages parses a stream of server frames into messages as an agent's
-// library delivers them: a control frame when it arrives, a data message
-// when its last fragment arrives.
-func wsMessages(b []byte) ([]wsMessage, error) {
-	r := bytes.NewReader(b)
-	var msgs []wsMessage
-	var cur []byte
-	op := -1
-	for r.Len() > 0 {
-		fin, fop, payload, err := wsReadFrameFin(r)
-		if err != nil {
-			return msgs, err
-		}
-		if fop >= 0x8 {
-			msgs = append(msgs, wsMessage{fop, payload})
-			continue
-		}
-		if (op < 0) != (fop != 0) {
-			return msgs, fmt.Errorf("opcode %d out of order", fop)
-		}
-		if op < 0 {
-			op = int(fop)
-		}
-		cur = append(cur, payload...)
-		if fin {
-			msgs = append(msgs, wsMessage{byte(op), cur})
-			cur, op = nil, -1
-		}
-	}
-	if op >= 0 {
-		return msgs, errors.New("the last message has no final fragment")
-	}
-	return msgs, nil
-}
-
 // A frame the broker cannot read ends the stream before any of it is
 // relayed; a frame cut short ends it with an error.
 func TestWSScrubberRefuses(t *testing.T) {
