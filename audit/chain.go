@@ -71,18 +71,9 @@ func appendPlain(b []byte, ev *Event) ([]byte, bool) {
 	b = field(b, "method", ev.Method, true)
 	b = field(b, "host", ev.Host, true)
 	b = field(b, "path", ev.Path, true)
-	if ev.Status != 0 {
-		b = append(b, `,"status":`...)
-		b = strconv.AppendInt(b, int64(ev.Status), 10)
-	}
-	if ev.Bytes != 0 {
-		b = append(b, `,"bytes":`...)
-		b = strconv.AppendInt(b, ev.Bytes, 10)
-	}
-	if ev.Duration != 0 {
-		b = append(b, `,"duration_ns":`...)
-		b = strconv.AppendInt(b, int64(ev.Duration), 10)
-	}
+	b = intField(b, "status", int64(ev.Status))
+	b = intField(b, "bytes", ev.Bytes)
+	b = intField(b, "duration_ns", int64(ev.Duration))
 	if ev.Ref != 0 {
 		b = append(b, `,"ref":`...)
 		b = strconv.AppendUint(b, ev.Ref, 10)
@@ -101,6 +92,17 @@ func field(b []byte, name, v string, omitEmpty bool) []byte {
 	b = append(b, `":"`...)
 	b = append(b, v...)
 	return append(b, '"')
+}
+
+// intField appends ,"name":v unless v is 0 (omitempty).
+func intField(b []byte, name string, v int64) []byte {
+	if v == 0 {
+		return b
+	}
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	b = append(b, '"', ':')
+	return strconv.AppendInt(b, v, 10)
 }
 
 // plain reports whether json.Marshal writes s unchanged between quotes.
