@@ -62,7 +62,7 @@ func (s *Store) AuditList(q AuditQuery) (rows []audit.Event, next uint64, err er
 	if limit > 1000 {
 		limit = 1000
 	}
-	s.syncAudit()
+	s.syncAudit(true)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		c := bucket(tx, bucketAudit).Cursor()
 		var k, v []byte
@@ -119,7 +119,7 @@ func (q *AuditQuery) matches(ev *audit.Event) bool {
 func (s *Store) AuditVerify() (rows uint64, err error) {
 	var ver *audit.Verifier
 	misplaced := false
-	s.syncAudit()
+	s.syncAudit(true)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		anchor, err := readAnchor(tx)
 		if err != nil {

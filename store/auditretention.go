@@ -52,7 +52,7 @@ const pruneChunk = 5000
 // writes no row. Safe while the data path appends.
 func (s *Store) PruneAudit(before time.Time) (removed int, err error) {
 	var first, last uint64
-	s.syncAudit()
+	s.syncAudit(true)
 	for {
 		n := 0
 		done := false
@@ -124,7 +124,7 @@ func (s *Store) PruneAudit(before time.Time) (removed int, err error) {
 // AuditLastSeq returns the seq of the newest audit row (0 for none).
 func (s *Store) AuditLastSeq() (uint64, error) {
 	var seq uint64
-	s.syncAudit()
+	s.syncAudit(true)
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if k, _ := bucket(tx, bucketAudit).Cursor().Last(); k != nil {
 			seq = binary.BigEndian.Uint64(k)
@@ -152,7 +152,7 @@ func (s *Store) AuditAfter(after uint64, q AuditQuery) (rows []audit.Event, last
 	}
 	last = after
 	const maxScan = 20000 // rows looked at per call, matching or not
-	s.syncAudit()
+	s.syncAudit(false) // polled after every commit: wait for the window
 	err = s.db.View(func(tx *bolt.Tx) error {
 		c := bucket(tx, bucketAudit).Cursor()
 		scanned := 0

@@ -31,7 +31,7 @@ func benchModes(b *testing.B, fn func(b *testing.B, s *Store)) {
 			before := s.AuditWriterStats()
 			b.ResetTimer()
 			fn(b, s)
-			s.syncAudit() // every row committed, in both modes
+			s.syncAudit(true) // every row committed, in both modes
 			b.StopTimer()
 			reportAudit(b, s, before)
 		})

@@ -126,8 +126,11 @@ func (s *Store) waitFolded(ctx context.Context, seq uint64) error {
 
 // syncAudit makes every row journaled before the call visible in bbolt, so
 // a reader sees its own writes. If commits are failing it returns at once:
-// the reader gets what is committed.
-func (s *Store) syncAudit() {
+// the reader gets what is committed. urgent ends the folder's batch window
+// early (a one-shot read a human waits for); a reader that polls after
+// every commit (a live tail) must not, or each commit would trigger the
+// next one at once instead of one per window.
+func (s *Store) syncAudit(urgent bool) {
 	j := &s.jr
 	j.mu.Lock()
 	target, done := j.seq, j.folded >= j.seq
@@ -135,9 +138,11 @@ func (s *Store) syncAudit() {
 	if done {
 		return
 	}
-	select {
-	case j.urgent <- struct{}{}:
-	default:
+	if urgent {
+		select {
+		case j.urgent <- struct{}{}:
+		default:
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
