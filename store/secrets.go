@@ -95,15 +95,22 @@ func (s *Store) loadSecrets() error {
 // value, and a deleted value is gone before anyone is told. Callers hold
 // credMu.
 func (s *Store) publishSecretOnCommit(tx *bolt.Tx, vault, key string, value []byte) {
+	s.editSecretsOnCommit(tx, func(m map[secretKey][]byte) {
+		if value == nil {
+			delete(m, secretKey{vault, key})
+		} else {
+			m[secretKey{vault, key}] = value
+		}
+	}, func(n string) bool { return n == vault+"/"+key })
+}
+
+// editSecretsOnCommit changes the cache with edit, and drops the
+// undecryptable names forget matches, when tx commits (see
+// publishSecretOnCommit). Callers hold credMu.
+func (s *Store) editSecretsOnCommit(tx *bolt.Tx, edit func(m map[secretKey][]byte), forget func(name string) bool) {
 	tx.OnCommit(func() {
-		s.editSecrets(func(m map[secretKey][]byte) {
-			if value == nil {
-				delete(m, secretKey{vault, key})
-			} else {
-				m[secretKey{vault, key}] = value
-			}
-		})
-		s.forgetUndecryptable(func(n string) bool { return n == vault+"/"+key })
+		s.editSecrets(edit)
+		s.forgetUndecryptable(forget)
 	})
 }
 

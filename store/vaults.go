@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -84,6 +85,13 @@ func (s *Store) DeleteVault(actor audit.Actor, name string) error {
 		if err := vb.Delete([]byte(name)); err != nil {
 			return err
 		}
+		s.editSecretsOnCommit(tx, func(m map[secretKey][]byte) {
+			for k := range m {
+				if k.vault == name {
+					delete(m, k)
+				}
+			}
+		}, func(n string) bool { return strings.HasPrefix(n, name+"/") })
 		for _, bn := range []string{bucketCredentials, bucketServices} {
 			if err := deletePrefix(bucket(tx, bn), vaultPrefix(name)); err != nil {
 				return fmt.Errorf("delete %s of vault %q: %w", bn, name, err)
@@ -114,14 +122,6 @@ func (s *Store) DeleteVault(actor audit.Actor, name string) error {
 	if err != nil {
 		return fmt.Errorf("delete vault: %w", err)
 	}
-	s.editSecrets(func(m map[secretKey][]byte) {
-		for k := range m {
-			if k.vault == name {
-				delete(m, k)
-			}
-		}
-	})
-	s.forgetUndecryptable(func(n string) bool { return len(n) > len(name) && n[:len(name)+1] == name+"/" })
 	return nil
 }
 
