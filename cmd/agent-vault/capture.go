@@ -193,13 +193,11 @@ func agentsCgroupPath(flag string) (string, error) {
 // The mount itself (every process on the machine) is refused.
 func resolveAgentsCgroup(mount, flag string) (string, error) {
 	path := filepath.Clean(flag)
-	if path == filepath.Clean(mount) {
-		return "", usagef("--agents-cgroup %q: name a cgroup below %s, not the root of every process", flag, mount)
-	}
-	if !filepath.IsAbs(path) || !strings.HasPrefix(path, mount+"/") {
+	root := path == filepath.Clean(mount)
+	if !root && (!filepath.IsAbs(path) || !strings.HasPrefix(path, mount+"/")) {
 		path = filepath.Join(mount, strings.TrimPrefix(path, "/"))
 	}
-	if path == filepath.Clean(mount) || !strings.HasPrefix(path, mount+"/") {
+	if root || path == filepath.Clean(mount) || !strings.HasPrefix(path, mount+"/") {
 		return "", usagef("--agents-cgroup %q: name a cgroup below %s, not the root of every process", flag, mount)
 	}
 	return path, nil

@@ -20,19 +20,20 @@ import (
 type serverConfig struct {
 	DataDir         string
 	AdminAddr       string
-	ProxyAddr       string   // explicit proxy (shape E); "" disables
-	TransparentAddr string   // redirected TCP arrives here
-	DNSAddr         string   // redirected DNS arrives here
-	Redirect        string   // none, gateway or local
-	GatewayIfaces   []string // with --redirect gateway
-	AgentsCgroup    string   // with --redirect local
-	UpstreamDNS     string   // "" means the first nameserver of /etc/resolv.conf
-	UpstreamCA      string   // PEM file of extra upstream roots
-	AllowPrivate    bool     // --allow-private-upstreams
-	Cleanup         bool     // remove leftovers and exit
-	AuditRetention  string   // e.g. "90d"; "" keeps every row
-	AuditSync       string   // batch or always (store.AuditSync)
-	AdminHosts      []string // extra Host names the admin API and UI answer to
+	ProxyAddr       string          // explicit proxy (shape E); "" disables
+	TransparentAddr string          // redirected TCP arrives here
+	DNSAddr         string          // redirected DNS arrives here
+	Redirect        string          // none, gateway or local
+	GatewayIfaces   []string        // with --redirect gateway
+	AgentsCgroup    string          // with --redirect local
+	UpstreamDNS     string          // "" means the first nameserver of /etc/resolv.conf
+	UpstreamCA      string          // PEM file of extra upstream roots
+	AllowPrivate    bool            // --allow-private-upstreams
+	Cleanup         bool            // remove leftovers and exit
+	AuditRetention  string          // e.g. "90d"; "" keeps every row
+	AuditSync       string          // batch or always (store.AuditSync)
+	auditSync       store.AuditSync // AuditSync parsed by validate
+	AdminHosts      []string        // extra Host names the admin API and UI answer to
 
 	MasterPasswordFile string
 	Insecure           bool // --insecure-no-master-password
@@ -147,7 +148,8 @@ func (cfg *serverConfig) validate() error {
 	if _, err := parseRetention(cfg.AuditRetention); err != nil {
 		return usagef("--audit-retention: %v", err)
 	}
-	if _, err := store.ParseAuditSync(cfg.AuditSync); err != nil {
+	var err error
+	if cfg.auditSync, err = store.ParseAuditSync(cfg.AuditSync); err != nil {
 		return usagef("--audit-sync must be batch or always, not %q", cfg.AuditSync)
 	}
 	if cfg.AdminAddr == "" {
@@ -159,12 +161,13 @@ func (cfg *serverConfig) validate() error {
 	return nil
 }
 
-func (a *app) newLogger(format string) *slog.Logger {
+// newLogger logs at Info and above to w, as text or JSON.
+func newLogger(format string, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(a.stderr, opts))
+		return slog.New(slog.NewJSONHandler(w, opts))
 	}
-	return slog.New(slog.NewTextHandler(a.stderr, opts))
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 func (a *app) runServer(cmd *cobra.Command, cfg *serverConfig) error {
@@ -178,7 +181,7 @@ func (a *app) runServer(cmd *cobra.Command, cfg *serverConfig) error {
 	cfg.DataDir = abs
 	cfg.testKDF = a.getenv("AGENT_VAULT_TEST_KDF") == "fast"
 	if cfg.Cleanup {
-		return cleanupLeftovers(cmd.Context(), cfg, a.newLogger(cfg.LogFormat))
+		return cleanupLeftovers(cmd.Context(), cfg, newLogger(cfg.LogFormat, a.stderr))
 	}
 	if err := a.resolvePassword(cfg); err != nil {
 		return err
@@ -197,17 +200,9 @@ func (a *app) runServer(cmd *cobra.Command, cfg *serverConfig) error {
 	}
 	buf := newLogBuffer(a.stderr)
 	defer buf.Close()
-	return run(cmd.Context(), *cfg, a.bufferedLogger(cfg.LogFormat, buf))
-}
-
-// bufferedLogger is the server's logger: lines go through buf (logbuf.go).
-func (a *app) bufferedLogger(format string, buf *logBuffer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
-	var h slog.Handler = slog.NewTextHandler(buf, opts)
-	if format == "json" {
-		h = slog.NewJSONHandler(buf, opts)
-	}
-	return slog.New(urgentHandler{h, buf})
+	// the server's log lines go through buf (logbuf.go)
+	log := slog.New(urgentHandler{newLogger(cfg.LogFormat, buf).Handler(), buf})
+	return run(cmd.Context(), *cfg, log)
 }
 
 // resolvePassword finds the master password: --master-password-fd (the

@@ -225,8 +225,7 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 // openStore opens the store file and explains the ways it can fail.
 func openStore(cfg serverConfig, log *slog.Logger) (*store.Store, error) {
 	path := filepath.Join(cfg.DataDir, storeFile)
-	sync, _ := store.ParseAuditSync(cfg.AuditSync) // validate checked it
-	opt := store.Options{Password: cfg.password, Insecure: cfg.Insecure, Logger: log, AuditSync: sync}
+	opt := store.Options{Password: cfg.password, Insecure: cfg.Insecure, Logger: log, AuditSync: cfg.auditSync}
 	if cfg.testKDF {
 		opt.KDF = testKDF
 	}
@@ -235,7 +234,7 @@ func openStore(cfg serverConfig, log *slog.Logger) (*store.Store, error) {
 	clear(cfg.password)
 	switch {
 	case err == nil:
-		log.Info("store unlocked", "path", path, "insecure", st.Insecure(), "audit_sync", sync.String(), "took", time.Since(start).Round(time.Millisecond))
+		log.Info("store unlocked", "path", path, "insecure", st.Insecure(), "audit_sync", cfg.auditSync.String(), "took", time.Since(start).Round(time.Millisecond))
 		return st, nil
 	case errors.Is(err, store.ErrWrongPassword):
 		return nil, withHint(fmt.Errorf("wrong master password for %s (nothing was changed)", path),
