@@ -46,7 +46,7 @@ func appendPlain(b []byte, ev *Event) ([]byte, bool) {
 	if y := ev.Time.Year(); y < 0 || y > 9999 {
 		return nil, false
 	}
-	for _, s := range [...]string{ev.Actor.Kind.string(), ev.Actor.Name, ev.Vault, ev.Action, ev.Target, ev.Decision,
+	for _, s := range [...]string{string(ev.Actor.Kind), ev.Actor.Name, ev.Vault, ev.Action, ev.Target, ev.Decision,
 		ev.Reason, ev.Service, ev.Credential, ev.Method, ev.Host, ev.Path, ev.PrevHash, ev.Hash} {
 		if !plain(s) {
 			return nil, false
@@ -115,8 +115,6 @@ func plain(s string) bool {
 	}
 	return true
 }
-
-func (k ActorKind) string() string { return string(k) }
 
 func hashRow(prev string, body []byte) string {
 	h := sha256.New()

@@ -152,7 +152,8 @@ func (s *Store) AuditAfter(after uint64, q AuditQuery) (rows []audit.Event, last
 	}
 	last = after
 	const maxScan = 20000 // rows looked at per call, matching or not
-	s.syncAudit(false) // polled after every commit: wait for the window
+	// polled after every commit: wait for the window, do not end it
+	s.syncAudit(false)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		c := bucket(tx, bucketAudit).Cursor()
 		scanned := 0

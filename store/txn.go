@@ -13,7 +13,7 @@ import (
 // events it returns to the chain in the same transaction, so a change and
 // its rows commit together or not at all (like update, for changes that
 // make several rows or none). With policyChange, the policy version is
-// bumped and Changed subscribers are poked after the commit.
+// bumped and policyChanged runs after the commit.
 func (s *Store) updateEvents(policyChange bool, fn func(tx *bolt.Tx) ([]audit.Event, error)) error {
 	appended := false
 	err := s.writeTx(func(tx *bolt.Tx) error {
