@@ -2,12 +2,10 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/agentvault/agent-vault/audit"
 )
@@ -196,9 +194,7 @@ func (s *Store) writeTx(fn func(tx *bolt.Tx) error) error {
 		j := &s.jr
 		j.mu.Lock()
 		if err == nil {
-			s.stats.events.Add(uint64(len(rows)))
-			s.stats.batches.Add(1)
-			j.committed(rows[len(rows)-1].seq)
+			s.noteCommitted(rows)
 		} else {
 			j.pending = append(rows, j.pending...)
 			select {
@@ -208,8 +204,5 @@ func (s *Store) writeTx(fn func(tx *bolt.Tx) error) error {
 		}
 		j.mu.Unlock()
 	}
-	if err != nil && errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
-		return fmt.Errorf("%w: %w", ErrClosed, err)
-	}
-	return err
+	return closedErr(err)
 }

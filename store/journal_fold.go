@@ -105,9 +105,7 @@ func (s *Store) foldOnce() int {
 		return 0
 	}
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
-			err = fmt.Errorf("%w: %w", ErrClosed, err)
-		}
+		err = closedErr(err)
 		j.mu.Lock()
 		j.pending = append(rows, j.pending...)
 		if j.foldErr == nil {
@@ -119,21 +117,34 @@ func (s *Store) foldOnce() int {
 		return -1
 	}
 	n := len(rows)
-	last := rows[n-1].seq
-	s.stats.events.Add(uint64(n))
-	s.stats.batches.Add(1)
 	j.mu.Lock()
 	if j.foldErr != nil {
 		s.log.Info("audit rows commit again", "rows", n)
 		j.foldErr = nil
 	}
-	j.committed(last)
+	s.noteCommitted(rows)
 	clear(rows)
 	j.spare = rows[:0]
 	j.maybeRotate(s)
 	j.mu.Unlock()
 	s.audited.poke()
 	return n
+}
+
+// noteCommitted counts a transaction that committed rows and records them
+// as in bbolt. Caller holds jr.mu.
+func (s *Store) noteCommitted(rows []journalRow) {
+	s.stats.events.Add(uint64(len(rows)))
+	s.stats.batches.Add(1)
+	s.jr.committed(rows[len(rows)-1].seq)
+}
+
+// closedErr marks bbolt's "database not open" as ErrClosed.
+func closedErr(err error) error {
+	if err != nil && errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	return err
 }
 
 // committed records that every row up to last is in bbolt. Caller holds mu.
