@@ -244,16 +244,27 @@ func (t *trailerScrubber) Read(p []byte) (int, error) {
 // upstreamError answers the agent when forwarding failed. Neither the
 // message nor the log line carries a secret: the error text is redacted
 // before logging and never sent to the agent.
+// redactorOf is the scrubber for text about a forwarded request (an
+// upstream error, a panic): the request's own, or one for the secret alone
+// when injection failed before Rewrite compiled it; nil when there is
+// nothing to hide.
+func (b *Broker) redactorOf(f *forward) *scrub.Scrubber {
+	if f == nil {
+		return nil
+	}
+	if f.scrub == nil && len(f.secret) > 0 {
+		return b.scrubs.get([][]byte{f.secret})
+	}
+	return f.scrub
+}
+
 func (b *Broker) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	f := forwardFrom(r.Context())
 	host := ""
-	var redactor *scrub.Scrubber
 	if f != nil {
-		host, redactor = f.host, f.scrub
-		if redactor == nil && len(f.secret) > 0 {
-			redactor = b.scrubs.get([][]byte{f.secret}) // injection failed before Rewrite compiled one
-		}
+		host = f.host
 	}
+	redactor := b.redactorOf(f)
 	code, status, msg := CodeUpstreamError, http.StatusBadGateway, "the request to "+host+" failed"
 	var (
 		unknownCA *x509.UnknownAuthorityError

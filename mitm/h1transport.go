@@ -186,8 +186,9 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 		}
 		reusable := !resp.Close && !req.Close
 		if resp.Body == http.NoBody {
-			stop()
-			if reusable {
+			// a cancellation that already began may still set a past
+			// deadline: such a connection is not pooled
+			if stop() && reusable {
 				t.put(pc)
 			} else {
 				pc.c.Close()
@@ -261,8 +262,9 @@ func (b *h1Body) Close() error {
 
 func (b *h1Body) finish(atEOF bool) {
 	b.done = true
-	b.stop()
-	if atEOF && b.reusable {
+	// a cancellation that already began may still set a past deadline on
+	// the connection: it is then closed, never pooled for another request
+	if b.stop() && atEOF && b.reusable {
 		b.rc.Close()
 		b.t.put(b.pc)
 		return

@@ -241,7 +241,13 @@ func (b *Broker) forward(w http.ResponseWriter, r *http.Request) (aborted bool) 
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
-				panic(v)
+				// whoever logs the panic up the stack must not see the
+				// credential: re-panic with its text redacted
+				text := []byte(fmt.Sprint(v))
+				if red := b.redactorOf(forwardFrom(r.Context())); red != nil {
+					red.Redact(text)
+				}
+				panic(string(text))
 			}
 			aborted = true
 		}
