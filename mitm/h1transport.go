@@ -210,9 +210,8 @@ func relayInformational(req *http.Request, resp *http.Response) error {
 	if resp.StatusCode == http.StatusContinue || trace == nil || trace.Got1xxResponse == nil {
 		return nil
 	}
-	resp.Header.Del("Alt-Svc")
-	if f := forwardFrom(req.Context()); f != nil && f.scrub != nil {
-		f.scrub.Header(resp.Header)
+	if f := forwardFrom(req.Context()); f != nil {
+		scrubInformational(f, resp.Header)
 	}
 	return trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header))
 }
