@@ -248,9 +248,6 @@ func (t *trailerScrubber) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// upstreamError answers the agent when forwarding failed. Neither the
-// message nor the log line carries a secret: the error text is redacted
-// before logging and never sent to the agent.
 // redactorOf is the scrubber for text about a forwarded request (an
 // upstream error, a panic): the request's own, or one for the secret alone
 // when injection failed before Rewrite compiled it; nil when there is
@@ -265,6 +262,9 @@ func (b *Broker) redactorOf(f *forward) *scrub.Scrubber {
 	return f.scrub
 }
 
+// upstreamError answers the agent when forwarding failed. Neither the
+// message nor the log line carries a secret: the error text is redacted
+// before logging and never sent to the agent.
 func (b *Broker) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	f := forwardFrom(r.Context())
 	host := ""

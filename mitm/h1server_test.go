@@ -381,3 +381,33 @@ func TestH1ReaderNotPooledWhileTheBodyMayBeRead(t *testing.T) {
 		t.Fatalf("%d readers went back to the pool while the upload could still be read", len(put))
 	}
 }
+
+// Trailers reach the agent, on both agent protocols, with an echoed
+// credential redacted (trailerScrubber) and each value on one line.
+func TestTrailersScrubbed(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
+			e := newEnv(t)
+			up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nTrailer: X-Echo\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Echo: %s\r\n\r\n", req.Header.Get("Authorization"))
+			})
+			resp, err := e.proxyClient(agentToken, h2).Get(fmt.Sprintf("https://api.example.test:%d/t", up.port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || string(body) != "hello" {
+				t.Fatalf("body %q, %v", body, err)
+			}
+			echo := resp.Trailer.Get("X-Echo")
+			if !strings.HasPrefix(echo, "Bearer [REDACTED") || strings.Contains(echo, sentinel) {
+				t.Fatalf("trailer X-Echo = %q, want the credential redacted", echo)
+			}
+		})
+	}
+}

@@ -270,18 +270,22 @@ func (w *h1Writer) finish() (keep, unread bool) {
 	}
 	if w.chunked && w.err == nil {
 		w.bw.WriteString("0\r\n")
+		// the trailers as net/http's server sends them: declared keys, then
+		// TrailerPrefix ones; Header.Write keeps each value on one line
+		trailers := http.Header{}
 		for _, k := range w.trailers {
 			for _, v := range w.header[k] {
-				fmt.Fprintf(w.bw, "%s: %s\r\n", k, headerValue(v))
+				trailers.Add(k, v)
 			}
 		}
 		for k, vv := range w.header {
 			if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
 				for _, v := range vv {
-					fmt.Fprintf(w.bw, "%s: %s\r\n", http.CanonicalHeaderKey(name), headerValue(v))
+					trailers.Add(name, v)
 				}
 			}
 		}
+		trailers.Write(w.bw)
 		w.bw.WriteString("\r\n")
 	}
 	if w.length >= 0 && !w.noBody && w.written != w.length {
@@ -311,16 +315,6 @@ func (w *h1Writer) finish() (keep, unread bool) {
 		}
 	}
 	return true, false
-}
-
-// headerValue keeps a trailer value on one line.
-func headerValue(v string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' {
-			return ' '
-		}
-		return r
-	}, v)
 }
 
 // expectContinue sends "100 Continue" when the handler first reads a body
