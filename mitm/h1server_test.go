@@ -40,6 +40,7 @@ func TestH1ServerRefusals(t *testing.T) {
 		{"no Host on HTTP/1.1", "GET /echo HTTP/1.1\r\n\r\n", 400},
 		{"bad Host", "GET /echo HTTP/1.1\r\nHost: api example\r\n\r\n", 400},
 		{"bad header value", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX-A: a\x00b\r\n\r\n", 400},
+		{"bad header name", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX A: b\r\n\r\n", 400}, // passes the parser: checkH1Request refuses it
 		{"odd Expect", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nExpect: 200-ok\r\n\r\n", 417},
 		{"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505},
 		{"header too large", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX-Big: " + strings.Repeat("a", 70<<10) + "\r\n\r\n", 431},
