@@ -28,9 +28,8 @@ type disconnectWatch struct {
 
 	mu     sync.Mutex
 	br     *bufio.Reader      // the request's reader
-	armed  bool               // a request is being served
 	body   *bodyEnd           // its body; nil when it has none
-	cancel context.CancelFunc // cancels it
+	cancel context.CancelFunc // cancels it; nil when not armed
 	done   chan struct{}      // closed when the peeking goroutine ended; nil if none started
 }
 
@@ -44,7 +43,7 @@ func newDisconnectWatch(c net.Conn) *disconnectWatch {
 // start arms the watch for one request read through br.
 func (w *disconnectWatch) start(br *bufio.Reader, body *bodyEnd, cancel context.CancelFunc) {
 	w.mu.Lock()
-	w.armed, w.br, w.body, w.cancel = true, br, body, cancel
+	w.br, w.body, w.cancel = br, body, cancel
 	w.mu.Unlock()
 	w.timer.Reset(disconnectAfter)
 }
@@ -52,7 +51,7 @@ func (w *disconnectWatch) start(br *bufio.Reader, body *bodyEnd, cancel context.
 func (w *disconnectWatch) fire() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !w.armed || w.done != nil || (w.body != nil && !w.body.done.Load()) {
+	if w.cancel == nil || w.done != nil || (w.body != nil && !w.body.done.Load()) {
 		return // the handler may still read the body from br
 	}
 	done, cancel, br := make(chan struct{}), w.cancel, w.br
@@ -70,12 +69,12 @@ func (w *disconnectWatch) fire() {
 func (w *disconnectWatch) stop() {
 	w.timer.Stop()
 	w.mu.Lock()
-	if !w.armed {
+	if w.cancel == nil { // not armed
 		w.mu.Unlock()
 		return
 	}
 	done := w.done
-	w.armed, w.br, w.body, w.cancel, w.done = false, nil, nil, nil, nil
+	w.br, w.body, w.cancel, w.done = nil, nil, nil, nil
 	w.mu.Unlock()
 	if done != nil {
 		w.c.SetReadDeadline(time.Unix(1, 0)) // unblock the peek

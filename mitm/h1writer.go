@@ -179,7 +179,7 @@ func (w *h1Writer) commit(done bool) {
 	default:
 		w.close = true // HTTP/1.0: the end of the body is the end of the connection
 	}
-	if w.req.Close || !w.req.ProtoAtLeast(1, 1) || strings.EqualFold(w.req.Header.Get("Connection"), "close") {
+	if w.req.Close || !w.req.ProtoAtLeast(1, 1) { // ReadRequest set Close from Connection
 		w.close = true
 	}
 	if w.close {

@@ -226,13 +226,12 @@ type trackedConn struct {
 	// and sends them in one write(2) (one wake-up of the agent, not one
 	// per 16 KiB record)
 	corkMu sync.Mutex
-	corked bool
-	wbuf   *[]byte // from corkPool while corked
+	wbuf   *[]byte // from corkPool while corked; nil otherwise
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {
 	c.corkMu.Lock()
-	if c.corked {
+	if c.wbuf != nil {
 		*c.wbuf = append(*c.wbuf, p...)
 		c.corkMu.Unlock()
 		return len(p), nil
@@ -256,7 +255,6 @@ var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, corkCap); return
 // cork holds writes until uncork.
 func (c *trackedConn) cork() {
 	c.corkMu.Lock()
-	c.corked = true
 	if c.wbuf == nil {
 		c.wbuf = corkPool.Get().(*[]byte)
 	}
@@ -268,7 +266,6 @@ func (c *trackedConn) uncork() error {
 	c.corkMu.Lock()
 	buf := c.wbuf
 	c.wbuf = nil
-	c.corked = false
 	c.corkMu.Unlock()
 	if buf == nil {
 		return nil
