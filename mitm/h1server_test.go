@@ -317,7 +317,7 @@ func TestExpectContinueOnceWhenTheUpstreamSendsIt(t *testing.T) {
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
 	})
 	for i := 0; i < 10; i++ {
-		conn := dialTunnel(t, e, up.port)
+		conn, _ := e.tunnelTo(t, up.port)
 		fmt.Fprintf(conn, "POST /up HTTP/1.1\r\nHost: api.example.test:%d\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n", up.port)
 		br := bufio.NewReader(conn)
 		var got []int
@@ -363,7 +363,7 @@ func TestH1ReaderNotPooledWhileTheBodyMayBeRead(t *testing.T) {
 	var put []*bufio.Reader
 	h1ReaderPut = func(br *bufio.Reader) { mu.Lock(); put = append(put, br); mu.Unlock() }
 	defer func() { h1ReaderPut = nil }()
-	conn := dialTunnel(t, e, up.port)
+	conn, _ := e.tunnelTo(t, up.port)
 	defer conn.Close()
 	// a chunked upload that stalls after its first chunk
 	fmt.Fprintf(conn, "POST /up HTTP/1.1\r\nHost: api.example.test:%d\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n", up.port)

@@ -67,19 +67,6 @@ func startRawUpstream(t *testing.T, e *env, fn func(c net.Conn, br *bufio.Reader
 	return u
 }
 
-// serveKeepAlive answers every request on the connection with status and
-// body, keeping the connection open.
-func serveKeepAlive(c net.Conn, br *bufio.Reader, body string) {
-	for {
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			return
-		}
-		io.Copy(io.Discard, req.Body)
-		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	}
-}
-
 func (e *env) getVia(t *testing.T, c *http.Client, port int, path string) (int, string) {
 	t.Helper()
 	resp, err := c.Get(fmt.Sprintf("https://api.example.test:%d%s", port, path))
@@ -200,7 +187,7 @@ func TestH1TransportLimitsInformationalResponses(t *testing.T) {
 // answer), only the answer.
 func TestNoInformationalToHTTP10(t *testing.T) {
 	e := newEnv(t)
-	conn := dialTunnel(t, e, int(e.up.port))
+	conn, _ := e.tunnelTo(t, int(e.up.port))
 	defer conn.Close()
 	fmt.Fprintf(conn, "GET /early HTTP/1.0\r\nHost: api.example.test:%d\r\n\r\n", e.up.port)
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)

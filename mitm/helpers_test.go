@@ -190,7 +190,7 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// in every shape a frame can have: a text frame, a ping, and a
 		// 100 KiB binary frame with it across the broker's 32 KiB read
 		// chunk; then report whether an extension was offered, and close.
-		_, msg, err := wsReadFrame(brw)
+		_, _, msg, err := wsReadFrame(brw)
 		if err != nil {
 			return
 		}
@@ -482,17 +482,4 @@ func (s *memSink) find(action, decision string) []audit.Event {
 		}
 	}
 	return out
-}
-
-// dialTunnel opens a CONNECT tunnel to api.example.test:port as the agent
-// and completes TLS (HTTP/1.1) inside it.
-func dialTunnel(t *testing.T, e *env, port int) *tls.Conn {
-	t.Helper()
-	raw, resp := rawConnect(t, e.proxyAddr, fmt.Sprintf("api.example.test:%d", port), "Bearer "+agentToken)
-	if resp.StatusCode != 200 {
-		t.Fatalf("connect %d", resp.StatusCode)
-	}
-	conn := tls.Client(raw, &tls.Config{ServerName: "api.example.test", RootCAs: e.caPool, NextProtos: []string{"http/1.1"}})
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	return conn
 }

@@ -70,7 +70,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 				t.Fatal(err)
 			}
 		} else {
-			conn = dialTunnel(t, e, int(e.up.port))
+			conn, _ = e.tunnelTo(t, int(e.up.port))
 		}
 		defer conn.Close()
 		conn.SetDeadline(time.Now().Add(10 * time.Second))

@@ -53,24 +53,25 @@ func wsWriteFrame(w io.Writer, fin bool, opcode byte, payload []byte, mask bool)
 	return err
 }
 
-// wsReadFrame reads one frame and returns its opcode and unmasked payload.
-func wsReadFrame(r io.Reader) (byte, []byte, error) {
+// wsReadFrame reads one frame and returns its FIN bit, opcode and unmasked
+// payload.
+func wsReadFrame(r io.Reader) (fin bool, op byte, payload []byte, err error) {
 	h := make([]byte, 2)
 	if _, err := io.ReadFull(r, h); err != nil {
-		return 0, nil, err
+		return false, 0, nil, err
 	}
 	n := uint64(h[1] & 0x7f)
 	switch n {
 	case 126:
 		b := make([]byte, 2)
 		if _, err := io.ReadFull(r, b); err != nil {
-			return 0, nil, err
+			return false, 0, nil, err
 		}
 		n = uint64(binary.BigEndian.Uint16(b))
 	case 127:
 		b := make([]byte, 8)
 		if _, err := io.ReadFull(r, b); err != nil {
-			return 0, nil, err
+			return false, 0, nil, err
 		}
 		n = binary.BigEndian.Uint64(b)
 	}
@@ -78,19 +79,19 @@ func wsReadFrame(r io.Reader) (byte, []byte, error) {
 	if h[1]&0x80 != 0 {
 		key = make([]byte, 4)
 		if _, err := io.ReadFull(r, key); err != nil {
-			return 0, nil, err
+			return false, 0, nil, err
 		}
 	}
-	payload := make([]byte, n)
+	payload = make([]byte, n)
 	if _, err := io.ReadFull(r, payload); err != nil {
-		return 0, nil, err
+		return false, 0, nil, err
 	}
 	for i := range payload {
 		if key != nil {
 			payload[i] ^= key[i%4]
 		}
 	}
-	return h[0] & 0x0f, payload, nil
+	return h[0]&0x80 != 0, h[0] & 0x0f, payload, nil
 }
 
 // wsReadMessage reads the next message: a control frame, or the data
@@ -100,7 +101,7 @@ func wsReadMessage(r io.Reader) (byte, []byte, error) {
 	var msg []byte
 	first := byte(0xff)
 	for {
-		fin, op, payload, err := wsReadFrameFin(r)
+		fin, op, payload, err := wsReadFrame(r)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -120,15 +121,6 @@ func wsReadMessage(r io.Reader) (byte, []byte, error) {
 	}
 }
 
-func wsReadFrameFin(r io.Reader) (bool, byte, []byte, error) {
-	var b0 [1]byte
-	if _, err := io.ReadFull(r, b0[:]); err != nil {
-		return false, 0, nil, err
-	}
-	op, payload, err := wsReadFrame(io.MultiReader(bytes.NewReader([]byte{b0[0] & 0x0f}), r))
-	return b0[0]&0x80 != 0, op, payload, err
-}
-
 type wsMessage struct {
 	op      byte
 	payload []byte
@@ -143,7 +135,7 @@ func wsMessages(b []byte) ([]wsMessage, error) {
 	var cur []byte
 	op := -1
 	for r.Len() > 0 {
-		fin, fop, payload, err := wsReadFrameFin(r)
+		fin, fop, payload, err := wsReadFrame(r)
 		if err != nil {
 			return msgs, err
 		}

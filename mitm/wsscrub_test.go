@@ -150,7 +150,7 @@ func TestUnscrubbableUpgradeRefused(t *testing.T) {
 			wsWriteFrame(c, true, wsText, []byte("never relayed"), false)
 			time.Sleep(100 * time.Millisecond)
 		})
-		conn := dialTunnel(t, e, up.port)
+		conn, _ := e.tunnelTo(t, up.port)
 		proto := "websocket"
 		if strings.Contains(answer, "h2c") {
 			proto = "h2c"
