@@ -77,11 +77,11 @@ type h1Transport struct {
 	idleTime  time.Duration
 
 	mu   sync.Mutex
-	idle map[string][]*h1Conn // by scheme://host:port, newest last
+	idle map[poolKey][]*h1Conn // newest last
 }
 
 type h1Conn struct {
-	key  string
+	key  poolKey
 	raw  net.Conn // the TCP connection under TLS, for the liveness peek
 	c    net.Conn
 	lim  *headerLimit
@@ -113,11 +113,11 @@ func (l *headerLimit) Read(p []byte) (int, error) {
 
 func newH1Transport(dial func(ctx context.Context, network, addr string) (net.Conn, error), cfg *tls.Config) *h1Transport {
 	cfg.NextProtos = []string{"http/1.1"}
-	return &h1Transport{dial: dial, tlsConfig: cfg, maxIdle: 256, idleTime: 90 * time.Second, idle: map[string][]*h1Conn{}}
+	return &h1Transport{dial: dial, tlsConfig: cfg, maxIdle: 256, idleTime: 90 * time.Second, idle: map[poolKey][]*h1Conn{}}
 }
 
 func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	key := req.URL.Scheme + "://" + req.URL.Host
+	key := poolKey{req.URL.Scheme, req.URL.Host} // no string built per request
 	replayable := (req.Body == nil || req.Body == http.NoBody) && idempotent(req)
 	for attempt := 0; ; attempt++ {
 		pc, reused := t.get(key, replayable)
@@ -284,7 +284,7 @@ type upgradedConn struct {
 
 func (u *upgradedConn) Read(p []byte) (int, error) { return u.Reader.Read(p) }
 
-func (t *h1Transport) connect(ctx context.Context, scheme, hostport, key string) (*h1Conn, error) {
+func (t *h1Transport) connect(ctx context.Context, scheme, hostport string, key poolKey) (*h1Conn, error) {
 	raw, err := t.dial(ctx, "tcp", hostport)
 	if err != nil {
 		return nil, err
@@ -308,10 +308,14 @@ func (t *h1Transport) connect(ctx context.Context, scheme, hostport, key string)
 	return &h1Conn{key: key, raw: raw, c: c, lim: lim, br: bufio.NewReaderSize(lim, 4096), bw: bufio.NewWriterSize(c, 4096)}, nil
 }
 
+// poolKey names the connections a request may reuse: scheme and the bound
+// name with its port (never an address).
+type poolKey struct{ scheme, hostport string }
+
 // get takes the newest idle connection for key that is still open. For a
 // replayable request (a retry covers a closed connection) the liveness
 // peek is skipped on connections idle for less than peekAfter.
-func (t *h1Transport) get(key string, replayable bool) (*h1Conn, bool) {
+func (t *h1Transport) get(key poolKey, replayable bool) (*h1Conn, bool) {
 	now := time.Now()
 	for {
 		t.mu.Lock()
@@ -360,7 +364,7 @@ func (t *h1Transport) put(pc *h1Conn) {
 func (t *h1Transport) CloseIdleConnections() {
 	t.mu.Lock()
 	idle := t.idle
-	t.idle = map[string][]*h1Conn{}
+	t.idle = map[poolKey][]*h1Conn{}
 	t.mu.Unlock()
 	for _, list := range idle {
 		for _, pc := range list {
