@@ -247,26 +247,13 @@ func TestAuditBucketHasNoGaps(t *testing.T) {
 			})
 		}
 	}()
-	var writers sync.WaitGroup
-	for w := range 16 {
-		writers.Add(1)
-		go func() {
-			defer writers.Done()
-			for i := range 100 {
-				ev := &audit.Event{Actor: agentActor(fmt.Sprintf("w%d", w)), Action: "request", Target: fmt.Sprint(i)}
-				if err := s.Append(context.Background(), ev); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
+	writersDone := appendConcurrently(t, s, 16, 100)
 	for i := range 30 {
 		if _, err := s.CreateVault(alice, fmt.Sprintf("v%d", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	writers.Wait()
+	writersDone()
 	stop.Store(true)
 	wg.Wait()
 	select {
@@ -286,21 +273,7 @@ func TestJournalRotates(t *testing.T) {
 	rotateSize = 4 << 10
 	t.Cleanup(func() { rotateSize = old })
 	s, path := newStore(t)
-	var wg sync.WaitGroup
-	for w := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range 250 {
-				ev := &audit.Event{Actor: agentActor(fmt.Sprintf("w%d", w)), Action: "request", Target: fmt.Sprint(i)}
-				if err := s.Append(context.Background(), ev); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	appendConcurrently(t, s, 8, 250)()
 	if n, err := s.AuditVerify(); err != nil || n != 2001 {
 		t.Fatalf("verify = %d, %v", n, err)
 	}
@@ -368,4 +341,25 @@ func TestJournalWriteFailureIsNotPermanent(t *testing.T) {
 	if n, err := s.AuditVerify(); err != nil || n != 3 {
 		t.Fatalf("verify = %d, %v; want store.create, the follow-up and the last row", n, err)
 	}
+}
+
+// appendConcurrently starts writers goroutines appending each request rows
+// (agent wN, target i) and returns the wait for them.
+func appendConcurrently(t *testing.T, s *Store, writers, each int) (wait func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				ev := &audit.Event{Actor: agentActor(fmt.Sprintf("w%d", w)), Action: "request", Target: fmt.Sprint(i)}
+				if err := s.Append(context.Background(), ev); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	return wg.Wait
 }
