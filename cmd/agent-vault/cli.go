@@ -22,6 +22,9 @@ type app struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	isTerminal     func(fd int) bool
+	// reexec, when set, replaces the process before the server starts
+	// (main sets reexecWithSysmonSetting; tests run the server in-process)
+	reexec func()
 
 	server string   // --server, resolved by serverURL
 	args   []string // the command line, for the detached child

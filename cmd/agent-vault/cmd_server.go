@@ -183,6 +183,9 @@ func (a *app) runServer(cmd *cobra.Command, cfg *serverConfig) error {
 	if cfg.Cleanup {
 		return cleanupLeftovers(cmd.Context(), cfg, newLogger(cfg.LogFormat, a.stderr))
 	}
+	if a.reexec != nil {
+		a.reexec() // before the password is read (sysmon.go)
+	}
 	if err := a.resolvePassword(cfg); err != nil {
 		return err
 	}

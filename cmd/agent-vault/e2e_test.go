@@ -354,6 +354,9 @@ func TestDetachAndStop(t *testing.T) {
 	if !ok {
 		t.Fatalf("no live server pid in the data dir after -d: %s", out)
 	}
+	if got := godebugOf(t, pid); !strings.Contains(got, sysmonSetting) {
+		t.Errorf("the detached server's GODEBUG is %q, without %s", got, sysmonSetting)
+	}
 	t.Cleanup(func() {
 		if isServerProcess(pid) {
 			cli("server", "stop", "--data-dir", data)

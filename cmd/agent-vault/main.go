@@ -12,7 +12,9 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := execute(ctx, newApp(), os.Args[1:])
+	a := newApp()
+	a.reexec = reexecWithSysmonSetting
+	code := execute(ctx, a, os.Args[1:])
 	stop()
 	os.Exit(code)
 }
