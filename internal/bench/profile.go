@@ -61,7 +61,7 @@ func (p *profiler) around(name string, fn func() int64) {
 			fmt.Fprintln(os.Stderr, "profile:", err)
 			return
 		}
-		args = []string{"record", "-F", "997", "-g", "-p", strconv.Itoa(p.pid), "-o", out}
+		args = []string{"record", "-F", "4999", "-g", "-p", strconv.Itoa(p.pid), "-o", out}
 	}
 	cmd := exec.Command("perf", args...)
 	var stderr strings.Builder
