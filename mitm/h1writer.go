@@ -3,7 +3,6 @@ package mitm
 import (
 	"bufio"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -71,7 +70,7 @@ func (w *h1Writer) WriteHeader(code int) {
 			// to an HTTP/1.0 agent, which could take it for the answer
 			return
 		}
-		fmt.Fprintf(w.bw, "HTTP/1.1 %d %s\r\n", code, http.StatusText(code))
+		writeStatusLine(w.bw, code)
 		w.header.WriteSubset(w.bw, informationalExcluded)
 		w.bw.WriteString("\r\n")
 		w.bw.Flush()
@@ -114,7 +113,8 @@ func (w *h1Writer) writeBody(p []byte) (int, error) {
 		return 0, http.ErrContentLength
 	}
 	if w.chunked {
-		fmt.Fprintf(w.bw, "%x\r\n", len(p))
+		var b [20]byte
+		w.bw.Write(append(strconv.AppendInt(b[:0], int64(len(p)), 16), '\r', '\n'))
 	}
 	corked := w.tc != nil && len(p) > corkAbove
 	if corked {
@@ -190,7 +190,7 @@ func (w *h1Writer) commit(done bool) {
 	if _, ok := h["Date"]; !ok {
 		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
 	}
-	fmt.Fprintf(w.bw, "HTTP/1.1 %d %s\r\n", w.status, http.StatusText(w.status))
+	writeStatusLine(w.bw, w.status)
 	h.WriteSubset(w.bw, trailerKeys(h))
 	w.bw.WriteString("\r\n")
 	if len(w.pre) > 0 {
@@ -198,6 +198,17 @@ func (w *h1Writer) commit(done bool) {
 		w.pre = nil
 		w.writeBody(p)
 	}
+}
+
+// writeStatusLine writes "HTTP/1.1 <code> <text>\r\n" (fmt.Fprintf showed in
+// the c=1 profile, on the path before the response is flushed).
+func writeStatusLine(bw *bufio.Writer, code int) {
+	var b [64]byte
+	line := append(b[:0], "HTTP/1.1 "...)
+	line = strconv.AppendInt(line, int64(code), 10)
+	line = append(line, ' ')
+	line = append(line, http.StatusText(code)...)
+	bw.Write(append(line, '\r', '\n'))
 }
 
 // trailerKeys are the header keys that carry trailers (TrailerPrefix),
