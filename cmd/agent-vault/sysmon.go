@@ -49,12 +49,15 @@ func reexecWithSysmonSetting() {
 	if !changed {
 		return
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		return
+	}
 	env := []string{"GODEBUG=" + godebug}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "GODEBUG=") {
 			env = append(env, kv)
 		}
 	}
-	// the running binary itself, even if its path was replaced meanwhile
-	_ = syscall.Exec("/proc/self/exe", os.Args, env)
+	_ = syscall.Exec(exe, os.Args, env)
 }
