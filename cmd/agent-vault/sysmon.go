@@ -49,6 +49,8 @@ func reexecWithSysmonSetting() {
 	if !changed {
 		return
 	}
+	// the binary's path, not /proc/self/exe: exec names the process after
+	// the file it runs, and ps, pgrep and the journal would show "exe"
 	exe, err := os.Executable()
 	if err != nil {
 		return

@@ -40,6 +40,10 @@ func TestServerKeepsSysmonAwake(t *testing.T) {
 	if got, want := godebugOf(t, o.srv.Pid()), "madvdontneed=1,"+sysmonSetting; got != want {
 		t.Fatalf("server GODEBUG = %q, want %q", got, want)
 	}
+	// still named after its binary for ps, pgrep and the journal
+	if comm, err := os.ReadFile("/proc/" + strconv.Itoa(o.srv.Pid()) + "/comm"); err != nil || strings.TrimSpace(string(comm)) != filepath.Base(bin) {
+		t.Errorf("server process name %q (%v), want %q", comm, err, filepath.Base(bin))
+	}
 	o.stop()
 
 	o = newOperator(t, filepath.Join(t.TempDir(), "data"))
