@@ -18,10 +18,10 @@ import (
 // schedtrace is the runtime's only switch that keeps sysmon from deep sleep;
 // sysmon then backs off to one wake-up every 10 ms, which an appliance can
 // afford (an idle server: 100 wake-ups and ~3 ms of CPU per second, against
-// ~10 and ~0 without). The period is the largest the runtime accepts (about 24.8 days),
-// so no trace line is printed unless the machine has been up longer than
-// that (then one line at start and one per period); a fatal crash also
-// prints the scheduler's state, which helps there.
+// ~10 and ~0 without). The period is the largest the runtime accepts (about
+// 24.8 days), so no trace line is printed unless the machine has been up
+// longer than that (then one line at start and one per period); a fatal
+// crash also prints the scheduler's state, which helps there.
 const sysmonSetting = "schedtrace=2147483647"
 
 // withSysmonSetting returns GODEBUG with sysmonSetting added, and false if
