@@ -113,8 +113,7 @@ func (w *h1Writer) writeBody(p []byte) (int, error) {
 		return 0, http.ErrContentLength
 	}
 	if w.chunked {
-		var b [20]byte
-		w.bw.Write(append(strconv.AppendInt(b[:0], int64(len(p)), 16), '\r', '\n'))
+		w.bw.Write(append(strconv.AppendInt(w.bw.AvailableBuffer(), int64(len(p)), 16), '\r', '\n'))
 	}
 	corked := w.tc != nil && len(p) > corkAbove
 	if corked {
@@ -203,8 +202,7 @@ func (w *h1Writer) commit(done bool) {
 // writeStatusLine writes "HTTP/1.1 <code> <text>\r\n" (fmt.Fprintf showed in
 // the c=1 profile, on the path before the response is flushed).
 func writeStatusLine(bw *bufio.Writer, code int) {
-	var b [64]byte
-	line := append(b[:0], "HTTP/1.1 "...)
+	line := append(bw.AvailableBuffer(), "HTTP/1.1 "...) // no allocation
 	line = strconv.AppendInt(line, int64(code), 10)
 	line = append(line, ' ')
 	line = append(line, http.StatusText(code)...)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -24,7 +25,7 @@ type app struct {
 	isTerminal     func(fd int) bool
 	// reexec, when set, replaces the process before the server starts
 	// (main sets reexecWithSysmonSetting; tests run the server in-process)
-	reexec func()
+	reexec func(context.Context, *slog.Logger)
 
 	server string   // --server, resolved by serverURL
 	args   []string // the command line, for the detached child

@@ -184,7 +184,7 @@ func (a *app) runServer(cmd *cobra.Command, cfg *serverConfig) error {
 		return cleanupLeftovers(cmd.Context(), cfg, newLogger(cfg.LogFormat, a.stderr))
 	}
 	if a.reexec != nil {
-		a.reexec() // before the password is read (sysmon.go)
+		a.reexec(cmd.Context(), newLogger(cfg.LogFormat, a.stderr)) // before the password is read (sysmon.go)
 	}
 	if err := a.resolvePassword(cfg); err != nil {
 		return err

@@ -67,6 +67,7 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return withHint(fmt.Errorf("create data dir: %w", err), "check --data-dir and its permissions")
 	}
+	keepCrashOutput(cfg.DataDir, log)
 	var stops stopStack
 	defer func() {
 		if serr := stops.stopAll(log); serr != nil && err == nil {
