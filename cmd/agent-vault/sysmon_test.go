@@ -53,7 +53,8 @@ func helperChild(t *testing.T, name, shellPrefix string, env ...string) (string,
 		t.Fatal(err)
 	}
 	cmd := exec.Command("/bin/sh", "-c", shellPrefix+` exec "$0" -test.run='^`+name+`$' -test.count=1`, exe)
-	cmd.Env = append(os.Environ(), append([]string{helperEnv + "=" + name}, env...)...)
+	// env first: for GODEBUG the runtime takes the first entry
+	cmd.Env = append(append([]string{helperEnv + "=" + name}, env...), os.Environ()...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
