@@ -53,8 +53,9 @@ func helperChild(t *testing.T, name, shellPrefix string, env ...string) (string,
 		t.Fatal(err)
 	}
 	cmd := exec.Command("/bin/sh", "-c", shellPrefix+` exec "$0" -test.run='^`+name+`$' -test.count=1`, exe)
-	// env first: for GODEBUG the runtime takes the first entry
-	cmd.Env = append(append([]string{helperEnv + "=" + name}, env...), os.Environ()...)
+	// env last: os/exec keeps the last of duplicate entries (a GODEBUG of
+	// the runner's must not mask the test's)
+	cmd.Env = append(os.Environ(), append([]string{helperEnv + "=" + name}, env...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
