@@ -67,13 +67,13 @@ func (b *Broker) newTransport() *http.Transport {
 		Proxy:                  nil, // never an environment proxy
 		DialContext:            b.dialUpstream,
 		TLSClientConfig:        b.upstreamTLS(),
-		TLSHandshakeTimeout:    10 * time.Second,
+		TLSHandshakeTimeout:    handshakeTimeout,
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           1024,
 		MaxIdleConnsPerHost:    256,
 		IdleConnTimeout:        90 * time.Second,
 		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 1 << 20,
+		MaxResponseHeaderBytes: maxResponseHeader,
 	}
 }
 

@@ -17,8 +17,8 @@ import (
 
 const (
 	maxH1Body         = 1 << 20          // larger or chunked request bodies take net/http's Transport
-	maxResponseHeader = 1 << 20          // as the Transport's MaxResponseHeaderBytes
-	handshakeTimeout  = 10 * time.Second // as the Transport's TLSHandshakeTimeout
+	maxResponseHeader = 1 << 20          // both transports' response header limit
+	handshakeTimeout  = 10 * time.Second // both transports' TLS handshake timeout
 	maxInformational  = 5                // 1xx responses before the final one, as the Transport allows
 )
 

@@ -68,16 +68,18 @@ func newWSScrubber(rwc io.ReadWriteCloser, s *scrub.Scrubber) *wsScrubber {
 
 func (w *wsScrubber) Read(p []byte) (int, error) {
 	for {
-		if len(w.hdrOut) > 0 {
+		if len(w.hdrOut) > 0 || len(w.body) > 0 {
+			// a frame's header and as much of its body as fits go out in
+			// one Read, so the agent gets one TLS record for them, not two
 			n := copy(p, w.hdrOut)
 			w.hdrOut = w.hdrOut[n:]
-			return n, nil
-		}
-		if len(w.body) > 0 {
-			n := copy(p, w.body)
-			w.body = w.body[n:]
-			if len(w.body) == 0 && w.done {
-				w.release()
+			if len(w.hdrOut) == 0 {
+				k := copy(p[n:], w.body)
+				w.body = w.body[k:]
+				n += k
+				if len(w.body) == 0 && w.done {
+					w.release()
+				}
 			}
 			return n, nil
 		}

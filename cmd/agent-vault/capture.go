@@ -192,12 +192,12 @@ func agentsCgroupPath(flag string) (string, error) {
 // The server and `run --mode local` both resolve it here, so they agree.
 // The mount itself (every process on the machine) is refused.
 func resolveAgentsCgroup(mount, flag string) (string, error) {
+	mount = filepath.Clean(mount)
 	path := filepath.Clean(flag)
-	root := path == filepath.Clean(mount)
-	if !root && (!filepath.IsAbs(path) || !strings.HasPrefix(path, mount+"/")) {
+	if path != mount && !strings.HasPrefix(path, mount+"/") {
 		path = filepath.Join(mount, strings.TrimPrefix(path, "/"))
 	}
-	if root || path == filepath.Clean(mount) || !strings.HasPrefix(path, mount+"/") {
+	if !strings.HasPrefix(path, mount+"/") {
 		return "", usagef("--agents-cgroup %q: name a cgroup below %s, not the root of every process", flag, mount)
 	}
 	return path, nil

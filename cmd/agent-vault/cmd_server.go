@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -33,6 +34,7 @@ type serverConfig struct {
 	AuditRetention  string          // e.g. "90d"; "" keeps every row
 	AuditSync       string          // batch or always (store.AuditSync)
 	auditSync       store.AuditSync // AuditSync parsed by validate
+	auditRetention  time.Duration   // AuditRetention parsed by validate
 	AdminHosts      []string        // extra Host names the admin API and UI answer to
 
 	MasterPasswordFile string
@@ -145,10 +147,10 @@ func (cfg *serverConfig) validate() error {
 	if cfg.DataDir == "" {
 		return usagef("--data-dir must not be empty")
 	}
-	if _, err := parseRetention(cfg.AuditRetention); err != nil {
+	var err error
+	if cfg.auditRetention, err = parseRetention(cfg.AuditRetention); err != nil {
 		return usagef("--audit-retention: %v", err)
 	}
-	var err error
 	if cfg.auditSync, err = store.ParseAuditSync(cfg.AuditSync); err != nil {
 		return usagef("--audit-sync must be batch or always, not %q", cfg.AuditSync)
 	}

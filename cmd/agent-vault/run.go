@@ -95,9 +95,9 @@ func run(ctx context.Context, cfg serverConfig, log *slog.Logger) (err error) {
 	}
 	stops.push("pid file", func(context.Context) error { return removeIfOurs(filepath.Join(cfg.DataDir, pidFile)) })
 
-	if keep, _ := parseRetention(cfg.AuditRetention); keep > 0 {
+	if cfg.auditRetention > 0 {
 		pruneCtx, stopPrune := context.WithCancel(ctx)
-		go pruneAudit(pruneCtx, st, keep, log)
+		go pruneAudit(pruneCtx, st, cfg.auditRetention, log)
 		stops.push("audit retention", func(context.Context) error { stopPrune(); return nil })
 	}
 

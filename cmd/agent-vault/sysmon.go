@@ -64,12 +64,8 @@ func reexecWithSysmonSetting(ctx context.Context, log *slog.Logger) {
 	// the file it runs, and ps, pgrep and the journal would show "exe"
 	exe, err := os.Executable()
 	if err == nil {
-		env := []string{"GODEBUG=" + godebug}
-		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, "GODEBUG=") {
-				env = append(env, kv)
-			}
-		}
+		// first: the runtime takes the first GODEBUG in the environment
+		env := append([]string{"GODEBUG=" + godebug}, withoutEnv(os.Environ(), "GODEBUG")...)
 		err = execKeepingLimits(exe, os.Args, env)
 	}
 	log.Warn("serving without the runtime setting: re-executing failed", "setting", "GODEBUG="+sysmonSetting, "err", err)
@@ -79,7 +75,9 @@ func reexecWithSysmonSetting(ctx context.Context, log *slog.Logger) {
 // is put back: syscall.Exec lowers it to what the process started with
 // (Go raises the soft limit to the hard one at start) before execve and
 // leaves it there when execve fails, which would cap a server started from
-// a shell near 1,000 connections.
+// a shell near 1,000 connections. (Setting the limit also clears the one Go
+// saved for children, so the server's own children, iptables and ip, then
+// start with the raised soft limit: harmless.)
 func execKeepingLimits(exe string, args, env []string) error {
 	var nofile syscall.Rlimit
 	saved := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &nofile) == nil
