@@ -136,23 +136,23 @@ func (s *Server) checkLogin(r *http.Request, req api.LoginRequest) (api.SessionT
 		return api.SessionToken{}, errBadCredentials
 	}
 	keys := []string{"email:" + strings.ToLower(req.Email), "ip:" + clientIP(r)}
-	// who names the attempt in logs and audit rows: the email as sent only
-	// when it is one, since a password pasted into the email field must not
-	// end up in either
-	who := req.Email
-	if validEmail(who) != nil {
-		who = "(malformed email)"
+	u, err := s.cfg.Store.UserByEmail(req.Email)
+	known := err == nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return api.SessionToken{}, err
+	}
+	// who names the attempt in logs and audit rows: a user's own email, never
+	// what was typed, since a password pasted into the email field (one with
+	// an @ passes as an address) must not end up in either
+	who := "(unknown email)"
+	if known {
+		who = u.Email
 	}
 	if wait := s.limiter.blocked(keys...); wait > 0 {
 		secs := int(wait.Seconds() + 0.999)
 		s.log.Warn("admin login throttled", "user", who, "client", clientIP(r), "retry_after_s", secs)
 		return api.SessionToken{}, &apiError{status: http.StatusTooManyRequests, code: api.CodeRateLimited, retryAfter: secs,
 			msg: "too many failed logins: wait " + strconv.Itoa(secs) + " s and try again"}
-	}
-	u, err := s.cfg.Store.UserByEmail(req.Email)
-	known := err == nil
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return api.SessionToken{}, err
 	}
 	if known && u.PasswordHash == "" {
 		known = false // invited, not accepted yet: no password to log in with
