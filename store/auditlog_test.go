@@ -47,35 +47,16 @@ func TestAppendFillsTheRow(t *testing.T) {
 func TestGroupCommit64Writers(t *testing.T) {
 	s, path := newStore(t)
 	const writers, each = 64, 20
-	var wg sync.WaitGroup
-	errs := make(chan error, writers*each)
 	seqs := make(chan uint64, writers*each)
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range each {
-				ev := &audit.Event{Actor: agentActor(fmt.Sprintf("w%d", w)), Action: "request", Target: fmt.Sprint(i)}
-				if err := s.Append(context.Background(), ev); err != nil {
-					errs <- err
-					return
-				}
-				seqs <- ev.Seq
-			}
-		}()
-	}
+	wait := appendConcurrently(t, s, writers, each, func(ev *audit.Event) { seqs <- ev.Seq })
 	// store mutations interleave with the writer and extend the same chain
 	for i := range 10 {
 		if _, err := s.CreateVault(alice, fmt.Sprintf("v%d", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	wg.Wait()
-	close(errs)
+	wait()
 	close(seqs)
-	for err := range errs {
-		t.Fatal(err)
-	}
 	seen := map[uint64]bool{}
 	for q := range seqs {
 		if seen[q] {

@@ -247,7 +247,7 @@ func TestAuditBucketHasNoGaps(t *testing.T) {
 			})
 		}
 	}()
-	writersDone := appendConcurrently(t, s, 16, 100)
+	writersDone := appendConcurrently(t, s, 16, 100, nil)
 	for i := range 30 {
 		if _, err := s.CreateVault(alice, fmt.Sprintf("v%d", i)); err != nil {
 			t.Fatal(err)
@@ -273,7 +273,7 @@ func TestJournalRotates(t *testing.T) {
 	rotateSize = 4 << 10
 	t.Cleanup(func() { rotateSize = old })
 	s, path := newStore(t)
-	appendConcurrently(t, s, 8, 250)()
+	appendConcurrently(t, s, 8, 250, nil)()
 	if n, err := s.AuditVerify(); err != nil || n != 2001 {
 		t.Fatalf("verify = %d, %v", n, err)
 	}
@@ -344,8 +344,9 @@ func TestJournalWriteFailureIsNotPermanent(t *testing.T) {
 }
 
 // appendConcurrently starts writers goroutines appending each request rows
-// (agent wN, target i) and returns the wait for them.
-func appendConcurrently(t *testing.T, s *Store, writers, each int) (wait func()) {
+// (agent wN, target i) and returns the wait for them. appended, if not nil,
+// sees each appended row (from the writer's goroutine).
+func appendConcurrently(t *testing.T, s *Store, writers, each int, appended func(*audit.Event)) (wait func()) {
 	t.Helper()
 	var wg sync.WaitGroup
 	for w := range writers {
@@ -357,6 +358,9 @@ func appendConcurrently(t *testing.T, s *Store, writers, each int) (wait func())
 				if err := s.Append(context.Background(), ev); err != nil {
 					t.Error(err)
 					return
+				}
+				if appended != nil {
+					appended(ev)
 				}
 			}
 		}()
