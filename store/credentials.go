@@ -78,7 +78,6 @@ func (s *Store) SetCredential(actor audit.Actor, vault, key string, value []byte
 // Credentials lists a vault's credentials (names and times only), by key,
 // marking the ones that did not decrypt at open.
 func (s *Store) Credentials(vault string) ([]Credential, error) {
-	bad := s.undecryptableSet()
 	var out []Credential
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if bucket(tx, bucketVaults).Get([]byte(vault)) == nil {
@@ -96,7 +95,7 @@ func (s *Store) Credentials(vault string) ([]Credential, error) {
 				continue
 			}
 			out = append(out, Credential{Vault: vault, Key: key, CreatedAt: rec.CreatedAt, UpdatedAt: rec.UpdatedAt, UpdatedBy: rec.UpdatedBy,
-				Undecryptable: bad[vault+"/"+key]})
+				Undecryptable: s.isUndecryptable(vault, key)})
 		}
 		return nil
 	})

@@ -32,24 +32,22 @@ func (s *Store) Secret(vault, key string) ([]byte, bool) {
 	return v, ok
 }
 
-// undecryptableSet holds the credentials ("vault/key") whose stored
-// ciphertext did not authenticate when the store was opened: the record was
-// altered or moved. They are left out of the cache, so the data path denies
-// them; Credentials marks them; setting one again repairs it.
-func (s *Store) undecryptableSet() map[string]bool {
+// isUndecryptable says whether vault/key's stored ciphertext did not
+// authenticate when the store was opened: the record was altered or moved.
+// Such credentials are left out of the cache, so the data path denies them;
+// Credentials marks them; setting one again repairs it.
+func (s *Store) isUndecryptable(vault, key string) bool {
 	s.undecryptMu.Lock()
 	defer s.undecryptMu.Unlock()
-	set := make(map[string]bool, len(s.undecryptable))
-	for _, n := range s.undecryptable {
-		set[n] = true
-	}
-	return set
+	_, bad := s.undecryptable[secretKey{vault, key}]
+	return bad
 }
 
 // loadSecrets decrypts every credential into a new cache.
 func (s *Store) loadSecrets() error {
 	m := map[secretKey][]byte{}
-	var bad []string
+	bad := map[secretKey]struct{}{}
+	var badNames []string // for the log, unparsable keys included
 	err := s.db.View(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
 			if tx.Bucket([]byte(name)) == nil {
@@ -59,17 +57,19 @@ func (s *Store) loadSecrets() error {
 		return bucket(tx, bucketCredentials).ForEach(func(k, v []byte) error {
 			vault, key, ok := splitPairKey(k)
 			if !ok {
-				bad = append(bad, fmt.Sprintf("%q", k))
+				badNames = append(badNames, fmt.Sprintf("%q", k))
 				return nil
 			}
 			var rec credentialRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
-				bad = append(bad, vault+"/"+key)
+				bad[secretKey{vault, key}] = struct{}{}
+				badNames = append(badNames, vault+"/"+key)
 				return nil
 			}
 			pt, err := s.aead.open(bucketCredentials, k, rec.Ciphertext)
 			if err != nil {
-				bad = append(bad, vault+"/"+key)
+				bad[secretKey{vault, key}] = struct{}{}
+				badNames = append(badNames, vault+"/"+key)
 				return nil
 			}
 			m[secretKey{vault, key}] = pt
@@ -79,7 +79,7 @@ func (s *Store) loadSecrets() error {
 	if err != nil {
 		return fmt.Errorf("load credentials: %w", err)
 	}
-	for _, name := range bad {
+	for _, name := range badNames {
 		s.log.Error("credential does not decrypt: it was altered or moved; set it again", "credential", name)
 	}
 	s.undecryptMu.Lock()
@@ -95,48 +95,27 @@ func (s *Store) loadSecrets() error {
 // value, and a deleted value is gone before anyone is told. Callers hold
 // credMu.
 func (s *Store) publishSecretOnCommit(tx *bolt.Tx, vault, key string, value []byte) {
-	s.editSecretsOnCommit(tx, func(m map[secretKey][]byte) {
-		if value == nil {
-			delete(m, secretKey{vault, key})
-		} else {
-			m[secretKey{vault, key}] = value
-		}
-	}, func(n string) bool { return n == vault+"/"+key })
+	k := secretKey{vault, key}
+	s.editSecretsOnCommit(tx, func(c secretKey) bool { return c == k }, k, value)
 }
 
-// editSecretsOnCommit changes the cache with edit, and drops the
-// undecryptable names forget matches, when tx commits (see
-// publishSecretOnCommit). Callers hold credMu.
-func (s *Store) editSecretsOnCommit(tx *bolt.Tx, edit func(m map[secretKey][]byte), forget func(name string) bool) {
+// editSecretsOnCommit, when tx commits (see publishSecretOnCommit), drops
+// every credential drop matches from the cache and from the undecryptable
+// set (deleted, or set again and so repaired), then caches value under set
+// unless value is nil. Callers hold credMu.
+func (s *Store) editSecretsOnCommit(tx *bolt.Tx, drop func(secretKey) bool, set secretKey, value []byte) {
 	tx.OnCommit(func() {
-		s.editSecrets(edit)
-		s.forgetUndecryptable(forget)
-	})
-}
-
-// editSecrets publishes a copy of the cache changed by fn. Callers hold credMu.
-func (s *Store) editSecrets(fn func(m map[secretKey][]byte)) {
-	old := s.secrets.Load()
-	var m map[secretKey][]byte
-	if old != nil {
-		m = maps.Clone(old.m)
-	}
-	if m == nil {
-		m = map[secretKey][]byte{}
-	}
-	fn(m)
-	s.secrets.Store(&secretMap{m: m})
-}
-
-// forgetUndecryptable drops a repaired or deleted credential from the list.
-func (s *Store) forgetUndecryptable(match func(name string) bool) {
-	s.undecryptMu.Lock()
-	defer s.undecryptMu.Unlock()
-	out := s.undecryptable[:0]
-	for _, n := range s.undecryptable {
-		if !match(n) {
-			out = append(out, n)
+		m := map[secretKey][]byte{}
+		if old := s.secrets.Load(); old != nil && old.m != nil {
+			m = maps.Clone(old.m)
 		}
-	}
-	s.undecryptable = out
+		maps.DeleteFunc(m, func(k secretKey, _ []byte) bool { return drop(k) })
+		if value != nil {
+			m[set] = value
+		}
+		s.secrets.Store(&secretMap{m: m})
+		s.undecryptMu.Lock()
+		maps.DeleteFunc(s.undecryptable, func(k secretKey, _ struct{}) bool { return drop(k) })
+		s.undecryptMu.Unlock()
+	})
 }

@@ -76,7 +76,7 @@ type Store struct {
 	secrets       atomic.Pointer[secretMap]
 	credMu        sync.Mutex
 	undecryptMu   sync.Mutex
-	undecryptable []string
+	undecryptable map[secretKey]struct{} // see isUndecryptable
 
 	audited subscribers // new audit rows
 

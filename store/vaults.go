@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -85,13 +84,7 @@ func (s *Store) DeleteVault(actor audit.Actor, name string) error {
 		if err := vb.Delete([]byte(name)); err != nil {
 			return err
 		}
-		s.editSecretsOnCommit(tx, func(m map[secretKey][]byte) {
-			for k := range m {
-				if k.vault == name {
-					delete(m, k)
-				}
-			}
-		}, func(n string) bool { return strings.HasPrefix(n, name+"/") })
+		s.editSecretsOnCommit(tx, func(k secretKey) bool { return k.vault == name }, secretKey{}, nil)
 		for _, bn := range []string{bucketCredentials, bucketServices} {
 			if err := deletePrefix(bucket(tx, bn), vaultPrefix(name)); err != nil {
 				return fmt.Errorf("delete %s of vault %q: %w", bn, name, err)
