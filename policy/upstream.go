@@ -31,8 +31,8 @@ func UpstreamAddrAllowed(a netip.Addr, allowPrivate bool) bool {
 		b := a.As16()
 		return UpstreamAddrAllowed(netip.AddrFrom4([4]byte(b[12:16])), allowPrivate)
 	}
-	if a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsInterfaceLocalMulticast() || a.IsLinkLocalMulticast() {
-		return false
+	if a.IsLinkLocalUnicast() || a.IsMulticast() {
+		return false // 169.254.0.0/16 (cloud metadata) and fe80::/10; 224.0.0.0/4 and ff00::/8
 	}
 	if ipv4Compatible.Contains(a) && !a.IsLoopback() {
 		return false // ::a.b.c.d; ::1 is loopback, judged below
@@ -62,12 +62,8 @@ var (
 )
 
 var neverUpstream = mustPrefixes(
-	"169.254.0.0/16",                                    // link-local, cloud metadata
 	"192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", // documentation
-	"224.0.0.0/4",        // multicast
 	"240.0.0.0/4",        // reserved, and broadcast
-	"fe80::/10",          // link-local
-	"ff00::/8",           // multicast
 	"100::/64",           // discard-only
 	"2001::/32",          // Teredo
 	"2001:db8::/32",      // documentation
