@@ -250,6 +250,38 @@ func TestH1TransportDoesNotReplayPost(t *testing.T) {
 	if codes[0] != 200 || codes[1] != 200 || posts.Load() != 2 || up.conns.Load() != 2 {
 		t.Fatalf("statuses %v, %d POSTs on %d connections; want 200, 200, two POSTs on two connections", codes, posts.Load(), up.conns.Load())
 	}
+
+	// An upstream that reads a POST on a pooled connection and goes away
+	// without answering: the agent gets 502, and the POST is not sent
+	// again on a new connection (where this upstream would answer 200).
+	var posts2 atomic.Int32
+	up2 := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			if req.Method == http.MethodPost && posts2.Add(1) == 2 {
+				return // read, then gone without an answer
+			}
+			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	url = fmt.Sprintf("https://api.example.test:%d/run", up2.port)
+	codes = codes[:0]
+	for range 2 {
+		resp, err := c.Post(url, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+	}
+	if codes[0] != 200 || codes[1] != http.StatusBadGateway || posts2.Load() != 2 || up2.conns.Load() != 1 {
+		t.Fatalf("statuses %v, %d POSTs on %d connections; want 200, 502, two POSTs on one connection", codes, posts2.Load(), up2.conns.Load())
+	}
 }
 
 // A response header beyond 1 MiB is refused (502), never buffered whole.
