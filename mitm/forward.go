@@ -10,10 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
-	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,23 +122,17 @@ func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, errInject
 	}
 	if f.agentH1 && g.h1 != nil && h1Eligible(req) {
-		return g.h1.RoundTrip(req) // it scrubs the 1xx responses it relays itself
+		return g.h1.RoundTrip(req)
 	}
-	// ReverseProxy relays 1xx responses (103 Early Hints) from its own
-	// trace hook, past ModifyResponse: scrub their header first (hooks
-	// added here run before the ones already in the context).
-	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-		Got1xxResponse: func(_ int, h textproto.MIMEHeader) error {
-			scrubInformational(f, http.Header(h))
-			return nil
-		},
-	}))
 	return g.t.RoundTrip(req)
 }
 
 // scrubInformational readies a 1xx response's header for the agent, as
 // modifyResponse does the final one's: no Alt-Svc (the agent stays on
-// TCP), every injected value redacted. Both upstream transports call it.
+// TCP), every injected value redacted. ReverseProxy relays a 1xx (103
+// Early Hints) past ModifyResponse, by copying its header into the
+// agent's and calling WriteHeader: countingWriter calls this there, for
+// both upstream transports.
 func scrubInformational(f *forward, h http.Header) {
 	h.Del("Alt-Svc")
 	if f.scrub != nil {

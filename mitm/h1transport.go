@@ -202,16 +202,13 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 
 // relayInformational hands a 1xx response other than 100 Continue (103
 // Early Hints) to the request's trace, as net/http's Transport does, so
-// ReverseProxy relays it to the agent: scrubbed first, without Alt-Svc.
-// 100 Continue is the agent's own business with serveH1 (the body was sent
-// already).
+// ReverseProxy relays it to the agent (scrubbed on the way: see
+// scrubInformational). 100 Continue is the agent's own business with
+// serveH1 (the body was sent already).
 func relayInformational(req *http.Request, resp *http.Response) error {
 	trace := httptrace.ContextClientTrace(req.Context())
 	if resp.StatusCode == http.StatusContinue || trace == nil || trace.Got1xxResponse == nil {
 		return nil
-	}
-	if f := forwardFrom(req.Context()); f != nil {
-		scrubInformational(f, resp.Header)
 	}
 	return trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header))
 }

@@ -206,7 +206,7 @@ func (b *Broker) handle(w http.ResponseWriter, r *http.Request, st *connState) {
 	rl.decision, rl.reason, rl.seq = audit.DecisionAllow, string(dec.Reason), intent.Seq
 
 	f := &forward{svc: svc, secret: secret, host: host, port: d.port, tls: st.kind.tls(), dest: d, agentH1: r.ProtoMajor == 1}
-	cw := &countingWriter{ResponseWriter: w}
+	cw := &countingWriter{ResponseWriter: w, f: f}
 	aborted := b.forward(cw, r.WithContext(context.WithValue(r.Context(), forwardKey{}, f)))
 	rl.status, rl.bytes = cw.code(), cw.n
 	if cw.status == 0 && f.status == http.StatusSwitchingProtocols {
@@ -323,6 +323,7 @@ func denyMessage(vault, host string, port int, method, path string, reason polic
 // unwraps for http.ResponseController (flushing and WebSocket hijacking).
 type countingWriter struct {
 	http.ResponseWriter
+	f      *forward // the forwarded request, whose 1xx headers are scrubbed; nil for internal answers
 	status int
 	n      int64
 }
@@ -330,6 +331,9 @@ type countingWriter struct {
 func (w *countingWriter) WriteHeader(code int) {
 	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		w.status = code
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols && w.f != nil {
+		scrubInformational(w.f, w.Header())
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
