@@ -180,22 +180,17 @@ func (b *Broker) drainH1(ctx context.Context) error {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		var idle []*trackedConn
 		busy := 0
-		b.mu.Lock()
-		for _, set := range b.conns {
-			for tc := range set {
-				if tc.st == nil || !tc.st.h1 {
-					continue
-				}
-				if tc.st.h1Busy.Load() {
-					busy++
-				} else {
-					idle = append(idle, tc)
-				}
+		idle := b.connsWhere(func(_ string, tc *trackedConn) bool {
+			if tc.st == nil || !tc.st.h1 {
+				return false
 			}
-		}
-		b.mu.Unlock()
+			if tc.st.h1Busy.Load() {
+				busy++ // under b.mu, as connsWhere calls this
+				return false
+			}
+			return true
+		})
 		for _, tc := range idle {
 			tc.Close()
 		}
@@ -361,38 +356,39 @@ func (b *Broker) setState(tc *trackedConn, st *connState) {
 // snapshot no longer has, or has revoked or expired.
 func (b *Broker) closeInactive() {
 	snap, now := b.snap.Load(), b.now()
-	var victims []*trackedConn
-	b.mu.Lock()
-	for name, set := range b.conns {
-		if name == "" {
-			continue
+	for _, tc := range b.connsWhere(func(agent string, _ *trackedConn) bool {
+		if agent == "" {
+			return false
 		}
-		if a, ok := snap.Agent(name); ok && a.Active(now) {
-			continue
-		}
-		for tc := range set {
-			victims = append(victims, tc)
-		}
-	}
-	b.mu.Unlock()
-	for _, tc := range victims {
+		a, ok := snap.Agent(agent)
+		return !ok || !a.Active(now)
+	}) {
 		b.log.Info("closing connection of inactive agent", "agent", tc.agent, "peer", tc.RemoteAddr().String())
 		tc.Close()
 	}
 }
 
 func (b *Broker) closeAll() {
-	var all []*trackedConn
-	b.mu.Lock()
-	for _, set := range b.conns {
-		for tc := range set {
-			all = append(all, tc)
-		}
-	}
-	b.mu.Unlock()
-	for _, tc := range all {
+	for _, tc := range b.connsWhere(func(string, *trackedConn) bool { return true }) {
 		tc.Close()
 	}
+}
+
+// connsWhere is the tracked connections match says yes to (given the
+// agent each belongs to, "" before it is known), collected under b.mu and
+// returned for the caller to act on after it is released.
+func (b *Broker) connsWhere(match func(agent string, tc *trackedConn) bool) []*trackedConn {
+	var out []*trackedConn
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for agent, set := range b.conns {
+		for tc := range set {
+			if match(agent, tc) {
+				out = append(out, tc)
+			}
+		}
+	}
+	return out
 }
 
 // trackingListener registers the explicit proxy's connections so revocation
