@@ -14,10 +14,10 @@ import (
 	"time"
 )
 
-// readResponses reads up to max responses, until none comes in time.
-func readResponses(t *testing.T, c net.Conn, br *bufio.Reader, max int) (statuses []int, bodies []string) {
+// readResponses reads up to max responses, until none comes within wait.
+func readResponses(t *testing.T, c net.Conn, br *bufio.Reader, max int, wait time.Duration) (statuses []int, bodies []string) {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	c.SetReadDeadline(time.Now().Add(wait))
 	for range max {
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
@@ -43,13 +43,14 @@ func TestH1ServerRefusals(t *testing.T) {
 		{"bad header name", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX A: b\r\n\r\n", 400}, // passes the parser: checkH1Request refuses it
 		{"odd Expect", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nExpect: 200-ok\r\n\r\n", 417},
 		{"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505},
+		// oversized headers are refused before anything is decided
 		{"header too large", "GET /echo HTTP/1.1\r\nHost: api.example.test\r\nX-Big: " + strings.Repeat("a", 70<<10) + "\r\n\r\n", 431},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := newEnv(t)
 			tc, br := e.tunnel(t)
 			io.WriteString(tc, c.raw)
-			statuses, _ := readResponses(t, tc, br, 2)
+			statuses, _ := readResponses(t, tc, br, 2, 2*time.Second)
 			if len(statuses) != 1 || statuses[0] != c.want {
 				t.Fatalf("statuses %v, want [%d] and the connection closed", statuses, c.want)
 			}
@@ -68,7 +69,7 @@ func TestH1ServerPipelining(t *testing.T) {
 	io.WriteString(tc, "GET /echo?n=1 HTTP/1.1\r\nHost: api.example.test\r\n\r\n"+
 		"POST /echo?n=2 HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 5\r\n\r\nhello"+
 		"GET /echo?n=3 HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
-	statuses, bodies := readResponses(t, tc, br, 3)
+	statuses, bodies := readResponses(t, tc, br, 3, 2*time.Second)
 	if fmt.Sprint(statuses) != "[200 200 200]" || !strings.Contains(bodies[1], `"body":"hello"`) {
 		t.Fatalf("statuses %v, bodies %q", statuses, bodies)
 	}
@@ -94,7 +95,7 @@ func TestH1ServerExpectContinue(t *testing.T) {
 	}
 	br.ReadString('\n') // the blank line ending it
 	io.WriteString(tc, "ping")
-	statuses, bodies := readResponses(t, tc, br, 1)
+	statuses, bodies := readResponses(t, tc, br, 1, 2*time.Second)
 	if len(statuses) != 1 || statuses[0] != 200 || !strings.Contains(bodies[0], `"body":"ping"`) {
 		t.Fatalf("statuses %v, bodies %q", statuses, bodies)
 	}
@@ -125,7 +126,7 @@ func TestH1ServerUnreadBody(t *testing.T) {
 				io.WriteString(tc, body)
 				io.WriteString(tc, "GET /next HTTP/1.1\r\nHost: nocred.example.test\r\n\r\n")
 			}()
-			statuses, _ := readResponses(t, tc, br, 3)
+			statuses, _ := readResponses(t, tc, br, 3, 2*time.Second)
 			want := "[403]"
 			if c.wantNext {
 				want = "[403 403]"
@@ -177,7 +178,7 @@ func TestH1ServerShutdownIsGraceful(t *testing.T) {
 	e := newEnv(t)
 	idle, idleBR := e.tunnel(t)
 	io.WriteString(idle, "GET /echo HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
-	if s, _ := readResponses(t, idle, idleBR, 1); fmt.Sprint(s) != "[200]" {
+	if s, _ := readResponses(t, idle, idleBR, 1, 2*time.Second); fmt.Sprint(s) != "[200]" {
 		t.Fatalf("idle connection's first answer %v", s)
 	}
 	busy, busyBR := e.tunnel(t)
@@ -222,12 +223,7 @@ func (e *env) transparentTLS(t *testing.T, sni string) (*tls.Conn, *bufio.Reader
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	tc := tls.Client(c, &tls.Config{ServerName: sni, RootCAs: e.caPool, NextProtos: []string{"http/1.1"}})
-	tc.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	return tc, bufio.NewReader(tc)
+	return e.tlsOver(t, c, sni)
 }
 
 // A request still running when its agent disconnects is canceled: the
@@ -294,7 +290,7 @@ func TestH1ServerSlowRequestKeepsConnection(t *testing.T) {
 	io.WriteString(tc, "GET /slow HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
 	time.Sleep(50 * time.Millisecond) // the watch is on; a pipelined request arrives during it
 	io.WriteString(tc, "GET /next HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
-	statuses, bodies := readResponses(t, tc, br, 2)
+	statuses, bodies := readResponses(t, tc, br, 2, 2*time.Second)
 	if fmt.Sprint(statuses) != "[200 200]" || bodies[0] != "ok" || bodies[1] != "ok" {
 		t.Fatalf("statuses %v bodies %q", statuses, bodies)
 	}

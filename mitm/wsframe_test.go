@@ -94,33 +94,6 @@ func wsReadFrame(r io.Reader) (fin bool, op byte, payload []byte, err error) {
 	return h[0]&0x80 != 0, h[0] & 0x0f, payload, nil
 }
 
-// wsReadMessage reads the next message: a control frame, or the data
-// frames of one message joined (the broker may re-fragment them). op is
-// the control frame's or the message's first frame's opcode.
-func wsReadMessage(r io.Reader) (byte, []byte, error) {
-	var msg []byte
-	first := byte(0xff)
-	for {
-		fin, op, payload, err := wsReadFrame(r)
-		if err != nil {
-			return 0, nil, err
-		}
-		if op >= 0x8 {
-			if first != 0xff {
-				return 0, nil, fmt.Errorf("control frame %d inside a message (fine by RFC 6455, not expected by these tests)", op)
-			}
-			return op, payload, nil
-		}
-		if first == 0xff {
-			first = op
-		}
-		msg = append(msg, payload...)
-		if fin {
-			return first, msg, nil
-		}
-	}
-}
-
 type wsMessage struct {
 	op      byte
 	payload []byte
