@@ -130,34 +130,39 @@ func load(c *http.Client, target string, conc int, d time.Duration) sample {
 
 // cpuUse is the CPU time processes spent during runs.
 type cpuUse struct {
-	broker time.Duration // the agent-vault process
-	self   time.Duration // this process: the clients and the upstream
+	broker   time.Duration // the agent-vault process
+	client   time.Duration // this process: the clients
+	upstream time.Duration // the upstream child
 }
 
-// measureCPU runs fn and returns the CPU time the broker and this process
-// used meanwhile (zero if /proc cannot tell).
+// driver is the clients' and the upstream's CPU together.
+func (c cpuUse) driver() time.Duration { return c.client + c.upstream }
+
+func (c *cpuUse) add(o cpuUse) {
+	c.broker += o.broker
+	c.client += o.client
+	c.upstream += o.upstream
+}
+
+// measureCPU runs fn and returns the CPU time the broker, this process
+// and the upstream used meanwhile (zero if /proc cannot tell).
 func (e *env) measureCPU(fn func()) cpuUse {
-	pid := e.srv.Pid()
-	b0, err1 := cpuTime(pid)
-	s0, err2 := driverCPU(e.up.Pid())
+	pids := [3]int{e.srv.Pid(), os.Getpid(), e.up.Pid()}
+	var t0, t1 [3]time.Duration
+	var err error
+	for i, p := range pids {
+		if t0[i], err = cpuTime(p); err != nil {
+			fn()
+			return cpuUse{}
+		}
+	}
 	fn()
-	b1, err3 := cpuTime(pid)
-	s1, err4 := driverCPU(e.up.Pid())
-	if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
-		return cpuUse{}
+	for i, p := range pids {
+		if t1[i], err = cpuTime(p); err != nil {
+			return cpuUse{}
+		}
 	}
-	return cpuUse{broker: b1 - b0, self: s1 - s0}
-}
-
-// driverCPU is the CPU time of the clients (this process) and the upstream
-// (its child) together.
-func driverCPU(upstream int) (time.Duration, error) {
-	a, err := cpuTime(os.Getpid())
-	if err != nil {
-		return 0, err
-	}
-	b, err := cpuTime(upstream)
-	return a + b, err
+	return cpuUse{broker: t1[0] - t0[0], client: t1[1] - t0[1], upstream: t1[2] - t0[2]}
 }
 
 // compareSmall interleaves direct and brokered runs of small requests. Both
@@ -174,12 +179,8 @@ func (e *env) compareSmall(name string, via route, conc int, h2, fresh bool, rou
 	load(bc, e.url("/small"), conc, warm)
 	load(dc, e.url("/small"), conc, warm)
 	for r := 0; r < rounds; r++ {
-		c := e.measureCPU(func() { direct.add(load(dc, e.url("/small"), conc, round)) })
-		dcpu.broker += c.broker
-		dcpu.self += c.self
-		c = e.measureCPU(func() { broker.add(load(bc, e.url("/small"), conc, round)) })
-		bcpu.broker += c.broker
-		bcpu.self += c.self
+		dcpu.add(e.measureCPU(func() { direct.add(load(dc, e.url("/small"), conc, round)) }))
+		bcpu.add(e.measureCPU(func() { broker.add(load(bc, e.url("/small"), conc, round)) }))
 	}
 	if via == routeBroker {
 		e.prof.around(name, func() int64 { return load(bc, e.url("/small"), conc, round).n })
@@ -194,16 +195,14 @@ func (e *env) compareSmall(name string, via route, conc int, h2, fresh bool, rou
 	return broker, direct, bcpu, dcpu, nil
 }
 
-// streamCPU is the CPU time, in milliseconds per MiB downloaded, that each
-// process spent on a route: it tells whether a route is bound by CPU (the
-// sum near the cores' capacity) and which process spends it.
-type streamCPU struct{ broker, client, upstream float64 }
-
 // compareStream downloads size bytes n times each way and returns MiB/s,
-// and the CPU each process spent per MiB on each route.
-func (e *env) compareStream(via route, size int64, n int) (broker, direct float64, bcpu, dcpu streamCPU, err error) {
+// and the CPU each process spent on each route (bcpu, dcpu: in total; the
+// caller divides by what was downloaded).
+func (e *env) compareStream(via route, size int64, n int) (broker, direct float64, bcpu, dcpu cpuUse, err error) {
 	bc := e.client(via, false, false, 1)
 	dc := e.client(routeDirect, false, false, 1)
+	defer bc.CloseIdleConnections()
+	defer dc.CloseIdleConnections()
 	get := func(c *http.Client) (time.Duration, error) {
 		t0 := time.Now()
 		resp, err := c.Get(e.url("/bytes?n=" + strconv.FormatInt(size, 10)))
@@ -224,35 +223,9 @@ func (e *env) compareStream(via route, size int64, n int) (broker, direct float6
 			return 0, 0, bcpu, dcpu, fmt.Errorf("warm-up: %w", err)
 		}
 	}
-	// timed runs CPU time with each download: pid -1 is this process
-	brokerPid := -1
-	if via == routeBroker {
-		brokerPid = e.srv.Pid()
-	}
-	timed := func(c *http.Client, acc *streamCPU) (time.Duration, error) {
-		pids := []int{brokerPid, os.Getpid(), e.up.Pid()}
-		var t0 [3]time.Duration
-		for i, p := range pids {
-			if p > 0 {
-				t0[i], _ = cpuTime(p)
-			}
-		}
-		d, err := get(c)
-		for i, p := range pids {
-			if p <= 0 {
-				continue
-			}
-			t1, _ := cpuTime(p)
-			ms := float64(t1-t0[i]) / float64(time.Millisecond)
-			switch i {
-			case 0:
-				acc.broker += ms
-			case 1:
-				acc.client += ms
-			case 2:
-				acc.upstream += ms
-			}
-		}
+	// timed downloads one at a time, with the CPU each process spent on it
+	timed := func(c *http.Client, acc *cpuUse) (d time.Duration, err error) {
+		acc.add(e.measureCPU(func() { d, err = get(c) }))
 		return d, err
 	}
 	var bt, dt time.Duration
@@ -278,11 +251,6 @@ func (e *env) compareStream(via route, size int64, n int) (broker, direct float6
 		return 8
 	})
 	mib := float64(size*int64(n)) / (1 << 20)
-	for _, c := range []*streamCPU{&bcpu, &dcpu} {
-		c.broker /= mib
-		c.client /= mib
-		c.upstream /= mib
-	}
 	return mib / bt.Seconds(), mib / dt.Seconds(), bcpu, dcpu, nil
 }
 
