@@ -235,18 +235,23 @@ func TestH1TransportDoesNotReplayPost(t *testing.T) {
 		fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") // then close
 	})
 	c := e.proxyClient(agentToken, false)
-	url := fmt.Sprintf("https://api.example.test:%d/run", up.port)
-	codes := []int{}
-	for range 2 {
-		resp, err := c.Post(url, "", nil)
-		if err != nil {
-			t.Fatal(err)
+	// postTwice sends two POSTs to port, pausing after each (a close the
+	// upstream made reaches the broker), and returns their statuses
+	postTwice := func(port int) []int {
+		var codes []int
+		for range 2 {
+			resp, err := c.Post(fmt.Sprintf("https://api.example.test:%d/run", port), "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes = append(codes, resp.StatusCode)
+			time.Sleep(20 * time.Millisecond)
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		codes = append(codes, resp.StatusCode)
-		time.Sleep(20 * time.Millisecond) // the close reaches the broker
+		return codes
 	}
+	codes := postTwice(up.port)
 	if codes[0] != 200 || codes[1] != 200 || posts.Load() != 2 || up.conns.Load() != 2 {
 		t.Fatalf("statuses %v, %d POSTs on %d connections; want 200, 200, two POSTs on two connections", codes, posts.Load(), up.conns.Load())
 	}
@@ -268,17 +273,7 @@ func TestH1TransportDoesNotReplayPost(t *testing.T) {
 			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
 	})
-	url = fmt.Sprintf("https://api.example.test:%d/run", up2.port)
-	codes = codes[:0]
-	for range 2 {
-		resp, err := c.Post(url, "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		codes = append(codes, resp.StatusCode)
-	}
+	codes = postTwice(up2.port)
 	if codes[0] != 200 || codes[1] != http.StatusBadGateway || posts2.Load() != 2 || up2.conns.Load() != 1 {
 		t.Fatalf("statuses %v, %d POSTs on %d connections; want 200, 502, two POSTs on one connection", codes, posts2.Load(), up2.conns.Load())
 	}
