@@ -37,24 +37,29 @@ func putBuf(b []byte) {
 // error before Read gives up with io.ErrNoProgress.
 const maxEmptyReads = 100
 
-// reader redacts forms from a stream. Its buffer holds:
-//
-//	buf[:rpos]      emitted
-//	buf[rpos:safe]  processed (markers written), ready to emit
-//	buf[safe:n]     held: could be the start of a form; scanned again
-//	                once more bytes arrive
-//
-// The first pending bytes of the held part belong to an occurrence that
-// started in an emitted part and must be masked when emitted.
+// directMin is the smallest Read buffer the reader works in directly: the
+// source is read into the caller's buffer and masked there, so a streamed
+// body is copied once less (ReverseProxy reads with 64 KiB buffers). Smaller
+// reads go through a pooled buffer of readChunk bytes, so a caller reading a
+// few bytes at a time does not cost a source read and a scan per call.
+const directMin = 4 << 10
+
+// reader redacts forms from a stream. It works in a window w: the caller's
+// buffer for large reads, else its own buffer (buf). Each step puts the
+// held bytes at the front of w, reads the source after them, masks what can
+// be sent and keeps the rest, which could be the start of a form, in hold
+// (at most the longest form minus one byte). The first pending bytes of hold
+// belong to an occurrence that started in bytes already sent and are masked
+// when sent.
 type reader struct {
 	s       *Scrubber
 	src     io.ReadCloser
-	buf     []byte // nil before the first Read and after the last
-	rpos    int
-	safe    int
-	n       int
+	hold    []byte
 	pending int
-	err     error // from src, returned once the buffer is drained
+	buf     []byte // small reads only: buf[rpos:ready] is masked, not yet returned
+	rpos    int
+	ready   int
+	err     error // from src, returned once everything before it was
 	ivs     []interval
 }
 
@@ -62,52 +67,98 @@ func (r *reader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if r.rpos < r.ready {
+		k := copy(p, r.buf[r.rpos:r.ready])
+		r.rpos += k
+		return k, nil
+	}
+	if r.err != nil {
+		return r.drained()
+	}
+	if len(p) >= max(directMin, 2*r.s.maxLen) {
+		// at most readChunk new bytes, as through buf: the write size
+		// downstream stays two TLS records whatever the caller's buffer
+		n, err := r.step(p[:min(len(p), len(r.hold)+readChunk)])
+		if n == 0 && err == nil {
+			return r.drained()
+		}
+		return n, err
+	}
+	if r.buf == nil {
+		r.buf = getBuf(readChunk + r.s.maxLen)
+	}
+	n, err := r.step(r.buf)
+	if n == 0 {
+		if err != nil {
+			return 0, err
+		}
+		return r.drained()
+	}
+	r.rpos, r.ready = copy(p, r.buf[:n]), n
+	return r.rpos, nil
+}
+
+// drained returns the source's error once every byte before it was
+// returned, and gives the buffer back (only Read touches it).
+func (r *reader) drained() (int, error) {
+	if r.buf != nil {
+		putBuf(r.buf)
+		r.buf = nil
+	}
+	return 0, r.err
+}
+
+// step fills w with the held bytes and what the source gives, until some of
+// it can be sent or the source ends or fails, and returns how much of w is
+// masked and ready. A source error is kept in r.err for the Read after the
+// ready bytes (0 ready: r.err is set), except io.ErrNoProgress, returned at
+// once.
+func (r *reader) step(w []byte) (int, error) {
+	n := copy(w, r.hold)
 	for empty := 0; ; {
-		if r.rpos < r.safe {
-			k := copy(p, r.buf[r.rpos:r.safe])
-			r.rpos += k
-			return k, nil
-		}
-		if r.err != nil {
-			// drained: only Read touches buf, so it can go back now
-			if r.buf != nil {
-				putBuf(r.buf)
-				r.buf = nil
-			}
-			return 0, r.err
-		}
-		if r.buf == nil {
-			r.buf = getBuf(readChunk + r.s.maxLen)
-		}
-		// move the held tail to the front and read after it
-		r.n = copy(r.buf, r.buf[r.safe:r.n])
-		r.rpos, r.safe = 0, 0
-		m, err := r.src.Read(r.buf[r.n:])
-		r.n += m
+		m, err := r.src.Read(w[n:])
+		n += m
 		switch {
 		case err == io.EOF:
-			r.process(true)
+			r.hold = r.hold[:0]
 			r.err = io.EOF
+			return r.window(w[:n], true), nil
 		case err != nil:
-			// The stream is broken: emit what is safe and drop the held
+			// The stream is broken: send what is safe and drop the held
 			// tail, which may be the start of a secret.
-			r.process(false)
-			r.n = r.safe
+			r.hold = r.hold[:0]
 			r.err = err
+			return r.window(w[:n], false), nil
 		case m == 0:
 			if empty++; empty >= maxEmptyReads {
+				r.keep(w[:n])
 				return 0, io.ErrNoProgress
 			}
 		default:
 			empty = 0
-			r.process(false)
+			if safe := r.window(w[:n], false); safe > 0 {
+				r.keep(w[safe:n])
+				return safe, nil
+			}
+			// everything is held: the next bytes decide; window
+			// is called again over the same start (its contract)
 		}
 	}
 }
 
-// process scans buf[:n], decides how much is safe to emit and masks it.
-func (r *reader) process(final bool) {
-	r.safe, r.pending, r.ivs = r.s.window(r.buf[:r.n], final, r.pending, r.ivs[:0])
+// keep saves held bytes for the next step.
+func (r *reader) keep(b []byte) {
+	if r.hold == nil && len(b) > 0 {
+		r.hold = make([]byte, 0, r.s.MaxHold())
+	}
+	r.hold = append(r.hold[:0], b...)
+}
+
+// window masks w for sending and returns how much of it is safe.
+func (r *reader) window(w []byte, final bool) int {
+	var safe int
+	safe, r.pending, r.ivs = r.s.window(w, final, r.pending, r.ivs[:0])
+	return safe
 }
 
 // Window is the step of a stream scrubber for callers that frame the stream
