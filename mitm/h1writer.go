@@ -63,8 +63,16 @@ const corkAbove = 16 << 10
 // from happening, for a few microseconds per yield.
 const yieldAfter = 5 * time.Millisecond
 
-// yield is runtime.Gosched; a test counts the calls.
-var yield = runtime.Gosched
+// yield gives way to the scheduler; yieldHook lets a test count the calls
+// (atomic, as earlier tests' connections may still be writing).
+func yield() {
+	if h := yieldHook.Load(); h != nil {
+		(*h)()
+	}
+	runtime.Gosched()
+}
+
+var yieldHook atomic.Pointer[func()]
 
 // h1PreBuffer: a response whose whole body fits and arrives before the
 // handler returns gets a Content-Length instead of chunks.
