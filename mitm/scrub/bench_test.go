@@ -34,9 +34,10 @@ var benchForms = scrub.Forms([][]byte{
 	[]byte("YWRtaW46aHVudGVyMiZjby9QYTU1OndvcmQ="),
 })
 
-// drain reads r the way httputil.ReverseProxy copies a body: 32 KiB reads.
+// drain reads r the way the broker's httputil.ReverseProxy copies a body:
+// reads into a 64 KiB buffer (mitm's copyBuffers).
 func drain(b *testing.B, r io.Reader) {
-	buf := make([]byte, 32<<10)
+	buf := make([]byte, 64<<10)
 	total := 0
 	for {
 		n, err := r.Read(buf)

@@ -6,17 +6,18 @@ import (
 	"sync"
 )
 
-// readChunk is how much a reader asks its source for at once (plus room for
-// the held tail).
+// readChunk is how much a reader asks its source for at once beyond the tail
+// it held back (a small read's buffer also has room for the longest form).
 const readChunk = 32 << 10
 
 // pooledMax is the longest buffer (readChunk plus a held tail) kept in
 // bufPool; readers for longer forms allocate their own.
 const pooledMax = readChunk + 4<<10
 
-// bufPool recycles reader buffers: a reader takes one at its first Read and
-// gives it back once its source ended and everything was returned, so a
-// request's response costs no 32 KiB allocation.
+// bufPool recycles the buffers of small reads: a reader takes one at its
+// first Read smaller than the direct threshold (see directMin) and gives it
+// back once its source ended and everything was returned, so a response
+// read in small pieces costs no 32 KiB allocation.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, pooledMax); return &b }}
 
 func getBuf(n int) []byte {
@@ -37,11 +38,12 @@ func putBuf(b []byte) {
 // error before Read gives up with io.ErrNoProgress.
 const maxEmptyReads = 100
 
-// directMin is the smallest Read buffer the reader works in directly: the
-// source is read into the caller's buffer and masked there, so a streamed
-// body is copied once less (ReverseProxy reads with 64 KiB buffers). Smaller
-// reads go through a pooled buffer of readChunk bytes, so a caller reading a
-// few bytes at a time does not cost a source read and a scan per call.
+// directMin: a Read buffer of at least directMin bytes and twice the longest
+// form is worked in directly: the source is read into it and masked there,
+// so a streamed body is copied once less (ReverseProxy reads with 64 KiB
+// buffers). Smaller reads go through a buffer of the reader's own
+// (readChunk plus the longest form, pooled), so a caller reading a few
+// bytes at a time does not cost a source read and a scan per call.
 const directMin = 4 << 10
 
 // reader redacts forms from a stream. It works in a window w: the caller's
@@ -76,8 +78,8 @@ func (r *reader) Read(p []byte) (int, error) {
 		return r.drained()
 	}
 	if len(p) >= max(directMin, 2*r.s.maxLen) {
-		// at most readChunk new bytes, as through buf: the write size
-		// downstream stays two TLS records whatever the caller's buffer
+		// at most readChunk new bytes, as through buf: downstream writes
+		// stay about two TLS records whatever the caller's buffer
 		n, err := r.step(p[:min(len(p), len(r.hold)+readChunk)])
 		if n == 0 && err == nil {
 			return r.drained()
@@ -110,9 +112,12 @@ func (r *reader) drained() (int, error) {
 
 // step fills w with the held bytes and what the source gives, until some of
 // it can be sent or the source ends or fails, and returns how much of w is
-// masked and ready. A source error is kept in r.err for the Read after the
-// ready bytes (0 ready: r.err is set), except io.ErrNoProgress, returned at
-// once.
+// masked and ready. When the source ended or failed, its error is kept in
+// r.err for the Read after the ready bytes (so step returns 0, nil only with
+// r.err set). When the source keeps returning nothing, step returns
+// io.ErrNoProgress itself and keeps the held bytes for a later Read. Held
+// and dropped bytes are cleared from w: it may be a pooled buffer of the
+// caller's that outlives the request.
 func (r *reader) step(w []byte) (int, error) {
 	n := copy(w, r.hold)
 	for empty := 0; ; {
@@ -128,16 +133,20 @@ func (r *reader) step(w []byte) (int, error) {
 			// tail, which may be the start of a secret.
 			r.hold = r.hold[:0]
 			r.err = err
-			return r.window(w[:n], false), nil
+			safe := r.window(w[:n], false)
+			clear(w[safe:n])
+			return safe, nil
 		case m == 0:
 			if empty++; empty >= maxEmptyReads {
 				r.keep(w[:n])
+				clear(w[:n])
 				return 0, io.ErrNoProgress
 			}
 		default:
 			empty = 0
 			if safe := r.window(w[:n], false); safe > 0 {
 				r.keep(w[safe:n])
+				clear(w[safe:n])
 				return safe, nil
 			}
 			// everything is held: the next bytes decide; window

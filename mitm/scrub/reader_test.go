@@ -57,6 +57,37 @@ func readAll(t *testing.T, r io.Reader) []byte {
 	return out
 }
 
+// readSizes are the caller's buffer sizes the reader tests read with: a
+// small read goes through the reader's own buffer, a large one (the broker's
+// are 64 KiB) is masked in place.
+var readSizes = []int{512, 64 << 10}
+
+// readSized reads r to its end with reads of size bytes.
+func readSized(r io.Reader, size int) ([]byte, error) {
+	buf := make([]byte, size)
+	var out []byte
+	for range 1 << 20 {
+		n, err := r.Read(buf)
+		out = append(out, buf[:n]...)
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, errors.New("no end after a million reads")
+}
+
+func readAllWith(t *testing.T, r io.Reader, size int) []byte {
+	t.Helper()
+	out, err := readSized(r, size)
+	if err != nil {
+		t.Fatalf("read with %d-byte reads: %v", size, err)
+	}
+	return out
+}
+
 // expect is the whole-buffer redaction of in.
 func expect(s *scrub.Scrubber, in []byte) []byte {
 	out := bytes.Clone(in)
@@ -76,26 +107,28 @@ func TestReaderEverySplit(t *testing.T) {
 		t.Fatal("length changed")
 	}
 	lo, hi := 20, 20+2*len(plainSecret) // splits around the first occurrence
-	for i := lo; i <= hi; i++ {
-		got := readAll(t, s.Reader(&chunks{parts: split(bytes.Clone(in), i)}))
-		if !bytes.Equal(got, want) {
-			t.Fatalf("split at %d: %q", i, got)
-		}
-		for j := i; j <= hi; j++ {
-			got := readAll(t, s.Reader(&chunks{parts: split(bytes.Clone(in), i, j)}))
+	for _, size := range readSizes {
+		for i := lo; i <= hi; i++ {
+			got := readAllWith(t, s.Reader(&chunks{parts: split(bytes.Clone(in), i)}), size)
 			if !bytes.Equal(got, want) {
-				t.Fatalf("split at %d, %d: %q", i, j, got)
+				t.Fatalf("reads of %d, split at %d: %q", size, i, got)
+			}
+			for j := i; j <= hi; j++ {
+				got := readAllWith(t, s.Reader(&chunks{parts: split(bytes.Clone(in), i, j)}), size)
+				if !bytes.Equal(got, want) {
+					t.Fatalf("reads of %d, split at %d, %d: %q", size, i, j, got)
+				}
 			}
 		}
-	}
-	for name, wrap := range map[string]func(io.Reader) io.Reader{
-		"one byte":   iotest.OneByteReader,
-		"half":       iotest.HalfReader,
-		"data+error": iotest.DataErrReader,
-	} {
-		got := readAll(t, s.Reader(io.NopCloser(wrap(bytes.NewReader(in)))))
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s: %q", name, got)
+		for name, wrap := range map[string]func(io.Reader) io.Reader{
+			"one byte":   iotest.OneByteReader,
+			"half":       iotest.HalfReader,
+			"data+error": iotest.DataErrReader,
+		} {
+			got := readAllWith(t, s.Reader(io.NopCloser(wrap(bytes.NewReader(in)))), size)
+			if !bytes.Equal(got, want) {
+				t.Errorf("reads of %d, %s: %q", size, name, got)
+			}
 		}
 	}
 	if err := iotest.TestReader(s.Reader(io.NopCloser(iotest.OneByteReader(bytes.NewReader(in)))), want); err != nil {
@@ -110,9 +143,11 @@ func TestReaderEveryForm(t *testing.T) {
 		in := []byte("<" + string(f) + ">")
 		want := "<" + string(scrub.Marker(len(f))) + ">"
 		for i := 1; i < len(in); i++ {
-			got := readAll(t, s.Reader(&chunks{parts: split(bytes.Clone(in), i)}))
-			if string(got) != want {
-				t.Fatalf("form %q split at %d: %q, want %q", f, i, got, want)
+			for _, size := range readSizes {
+				got := readAllWith(t, s.Reader(&chunks{parts: split(bytes.Clone(in), i)}), size)
+				if string(got) != want {
+					t.Fatalf("form %q split at %d, reads of %d: %q, want %q", f, i, size, got, want)
+				}
 			}
 		}
 	}
@@ -132,19 +167,36 @@ func TestReaderOverlapAndAdjacent(t *testing.T) {
 			t.Errorf("%q: whole buffer %q, want %q", in, got, want)
 		}
 		b := []byte(in)
+		covered := make([]bool, len(b))
+		for _, f := range []string{"abab", "SECRETX"} {
+			for k := 0; k+len(f) <= len(in); k++ {
+				if in[k:k+len(f)] == f {
+					for c := k; c < k+len(f); c++ {
+						covered[c] = true
+					}
+				}
+			}
+		}
 		for i := 0; i <= len(b); i++ {
 			for j := i; j <= len(b); j++ {
-				got := readAll(t, s.Reader(&chunks{parts: split(bytes.Clone(b), i, j)}))
-				if len(got) != len(in) {
-					t.Fatalf("%q split %d,%d: length %d", in, i, j, len(got))
-				}
-				if bytes.Contains(got, []byte("abab")) || bytes.Contains(got, []byte("SECRETX")) {
-					t.Fatalf("%q split %d,%d: a form survived: %q", in, i, j, got)
-				}
-				// outside the occurrences nothing changes
-				for k := range got {
-					if (want[k] != '*' && !strings.ContainsRune("[REDACTED]", rune(want[k]))) && got[k] != in[k] {
-						t.Fatalf("%q split %d,%d: byte %d changed: %q", in, i, j, k, got)
+				for _, size := range readSizes {
+					got := readAllWith(t, s.Reader(&chunks{parts: split(bytes.Clone(b), i, j)}), size)
+					if len(got) != len(in) {
+						t.Fatalf("%q split %d,%d, reads of %d: length %d", in, i, j, size, len(got))
+					}
+					if bytes.Contains(got, []byte("abab")) || bytes.Contains(got, []byte("SECRETX")) {
+						t.Fatalf("%q split %d,%d, reads of %d: a form survived: %q", in, i, j, size, got)
+					}
+					// every byte of an occurrence is masked, and
+					// outside the occurrences nothing changes
+					for k := range got {
+						masked := strings.IndexByte("[REDACTED]*", got[k]) >= 0
+						if covered[k] && !masked {
+							t.Fatalf("%q split %d,%d, reads of %d: byte %d of an occurrence sent: %q", in, i, j, size, k, got)
+						}
+						if !covered[k] && got[k] != in[k] {
+							t.Fatalf("%q split %d,%d, reads of %d: byte %d changed: %q", in, i, j, size, k, got)
+						}
 					}
 				}
 			}
@@ -209,17 +261,19 @@ func TestReaderPrompt(t *testing.T) {
 func TestReaderErrorsAndClose(t *testing.T) {
 	s := scrub.New(scrub.Forms([][]byte{plainSecret}))
 	boom := errors.New("connection reset")
-	src := &chunks{parts: [][]byte{[]byte("ok " + string(plainSecret[:10]))}, err: boom}
-	r := s.Reader(src)
-	got, err := io.ReadAll(r)
-	if !errors.Is(err, boom) {
-		t.Fatalf("error %v, want the source's", err)
-	}
-	if string(got) != "ok " {
-		t.Errorf("got %q: the held start of a secret must be dropped on error", got)
-	}
-	if err := r.Close(); err != nil || !src.closed {
-		t.Error("Close did not close the source")
+	for _, size := range readSizes {
+		src := &chunks{parts: [][]byte{[]byte("ok " + string(plainSecret[:10]))}, err: boom}
+		r := s.Reader(src)
+		got, err := readSized(r, size)
+		if !errors.Is(err, boom) {
+			t.Fatalf("reads of %d: error %v, want the source's", size, err)
+		}
+		if string(got) != "ok " {
+			t.Errorf("reads of %d: got %q: the held start of a secret must be dropped on error", size, got)
+		}
+		if err := r.Close(); err != nil || !src.closed {
+			t.Error("Close did not close the source")
+		}
 	}
 	// no forms: the source itself comes back
 	body := io.NopCloser(strings.NewReader("x"))
@@ -227,10 +281,68 @@ func TestReaderErrorsAndClose(t *testing.T) {
 		t.Error("Reader with no forms wraps the body")
 	}
 	// a source that never makes progress
-	_, err = scrub.Reader(io.NopCloser(emptyReader{}), [][]byte{plainSecret}).Read(make([]byte, 8))
-	if !errors.Is(err, io.ErrNoProgress) {
-		t.Errorf("empty source: %v", err)
+	for _, size := range readSizes {
+		_, err := scrub.Reader(io.NopCloser(emptyReader{}), [][]byte{plainSecret}).Read(make([]byte, size))
+		if !errors.Is(err, io.ErrNoProgress) {
+			t.Errorf("reads of %d, empty source: %v", size, err)
+		}
 	}
+}
+
+// TestReaderNoProgressKeepsHeld: a source that stalls after the start of a
+// secret gets io.ErrNoProgress, and a caller that reads on afterwards still
+// gets the whole occurrence masked, nothing lost.
+func TestReaderNoProgressKeepsHeld(t *testing.T) {
+	s := scrub.New(scrub.Forms([][]byte{plainSecret}))
+	for _, size := range readSizes {
+		src := &stalling{parts: [][]byte{[]byte("ok " + string(plainSecret[:10])), nil, plainSecret[10:]}}
+		r := s.Reader(io.NopCloser(src))
+		var out []byte
+		stalls := 0
+		buf := make([]byte, size)
+		for range 1000 {
+			n, err := r.Read(buf)
+			out = append(out, buf[:n]...)
+			if errors.Is(err, io.ErrNoProgress) {
+				stalls++
+				continue
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if want := "ok " + string(scrub.Marker(len(plainSecret))); string(out) != want || stalls != 1 {
+			t.Errorf("reads of %d: %q after %d stalls, want %q after 1", size, out, stalls, want)
+		}
+	}
+}
+
+// stalling returns its parts in order; a nil part stands for a stall: the
+// source returns nothing (without an error) 100 times, as many as the reader
+// tries before it gives up (maxEmptyReads).
+type stalling struct {
+	parts [][]byte
+	empty int
+}
+
+func (s *stalling) Read(p []byte) (int, error) {
+	if len(s.parts) == 0 {
+		return 0, io.EOF
+	}
+	if s.parts[0] == nil {
+		if s.empty++; s.empty == 100 {
+			s.parts = s.parts[1:]
+		}
+		return 0, nil
+	}
+	n := copy(p, s.parts[0])
+	if s.parts[0] = s.parts[0][n:]; len(s.parts[0]) == 0 {
+		s.parts = s.parts[1:]
+	}
+	return n, nil
 }
 
 type emptyReader struct{}
