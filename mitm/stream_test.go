@@ -177,6 +177,9 @@ func TestLargeDownloadBoundedMemory(t *testing.T) {
 	if took > 4*yieldAfter && yields.Load() == 0 {
 		t.Errorf("the handler never gave way in %v of streaming", took)
 	}
+	if most := int64(took/yieldAfter) + 1; yields.Load() > most {
+		t.Errorf("%d yields in %v: more often than every %v", yields.Load(), took, yieldAfter)
+	}
 	if peak.Load() > 96<<20 {
 		t.Fatalf("peak heap %d MiB: the body is being buffered", peak.Load()>>20)
 	}
