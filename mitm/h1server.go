@@ -34,14 +34,16 @@ import (
 // the 10 s header and 120 s idle timeouts of the inner server; a response
 // framed by Content-Length when it is known (or when the whole body came
 // before the handler returned), chunked otherwise (with trailers), and
-// close-delimited for HTTP/1.0; "100 Continue" sent when the handler first
-// reads a body that asks for it; the request body drained (up to 256 KiB)
+// close-delimited for HTTP/1.0 (an HTTP/1.0 agent that asked for
+// keep-alive keeps its connection after an answer of known length);
+// "100 Continue" sent when the handler first reads a body that asks for
+// it; the request body drained (up to 256 KiB)
 // before the next request is read, else the connection closed; Hijack for
 // protocol upgrades; a panic (http.ErrAbortHandler included) closing the
 // connection; a request's context canceled when its agent disconnects
 // (watched only for requests still running after disconnectAfter). What it
 // leaves out: Content-Type is never sniffed (a proxy passes the upstream's
-// through), and HTTP/1.0 keep-alive is not offered.
+// through).
 func (b *Broker) serveH1(c *tls.Conn, st *connState) {
 	defer c.Close()
 	state := c.ConnectionState()

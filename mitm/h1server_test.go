@@ -139,7 +139,8 @@ func TestH1ServerUnreadBody(t *testing.T) {
 }
 
 // A response of unknown length reaches an HTTP/1.1 agent chunked, whole;
-// an HTTP/1.0 agent gets it delimited by the close.
+// an HTTP/1.0 agent gets it delimited by the close. An HTTP/1.0 agent that
+// asks for keep-alive keeps its connection after answers of known length.
 func TestH1ServerFraming(t *testing.T) {
 	e := newEnv(t)
 	tc, br := e.tunnel(t)
@@ -169,6 +170,28 @@ func TestH1ServerFraming(t *testing.T) {
 	if !strings.HasPrefix(string(raw), "HTTP/1.1 200 ") || !strings.Contains(string(raw), "Connection: close") ||
 		!strings.Contains(string(raw), `"method":"GET"`) {
 		t.Fatalf("HTTP/1.0 answer %q", raw)
+	}
+
+	tc3, br3 := e.tunnel(t)
+	tc3.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for i := range 2 {
+		io.WriteString(tc3, "GET /echo HTTP/1.0\r\nHost: api.example.test\r\nConnection: keep-alive\r\n\r\n")
+		resp, err := http.ReadResponse(br3, nil)
+		if err != nil {
+			t.Fatalf("HTTP/1.0 keep-alive request %d: %v", i, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || resp.ContentLength != int64(len(body)) || resp.Header.Get("Connection") != "keep-alive" ||
+			!strings.Contains(string(body), `"method":"GET"`) {
+			t.Fatalf("HTTP/1.0 keep-alive answer %d: %v, Content-Length %d, Connection %q, %q (%v)",
+				i, resp.Status, resp.ContentLength, resp.Header.Get("Connection"), body, err)
+		}
+	}
+	// an answer of unknown length still ends with the connection
+	io.WriteString(tc3, "GET /sse HTTP/1.0\r\nHost: api.example.test\r\nConnection: keep-alive\r\n\r\n")
+	raw, _ = io.ReadAll(br3)
+	if !strings.Contains(string(raw), "Connection: close") || !strings.HasSuffix(string(raw), "data: two\n\n") {
+		t.Fatalf("HTTP/1.0 keep-alive, unknown length: %q", raw)
 	}
 }
 

@@ -207,12 +207,18 @@ func (w *h1Writer) commit(done bool) {
 	default:
 		w.close = true // HTTP/1.0: the end of the body is the end of the connection
 	}
-	if w.req.Close || !w.req.ProtoAtLeast(1, 1) { // ReadRequest set Close from Connection
+	// ReadRequest set Close from Connection: for HTTP/1.0 it is false only
+	// when the agent asked for keep-alive, which a body of known length
+	// allows (as net/http's server does)
+	if w.req.Close {
 		w.close = true
 	}
-	if w.close {
+	switch {
+	case w.close:
 		h.Set("Connection", "close")
-	} else {
+	case !w.req.ProtoAtLeast(1, 1):
+		h.Set("Connection", "keep-alive") // an HTTP/1.0 agent assumes close otherwise
+	default:
 		h.Del("Connection")
 	}
 	if _, ok := h["Date"]; !ok {
