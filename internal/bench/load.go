@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -195,21 +196,41 @@ func (e *env) compareSmall(name string, via route, conc int, h2, fresh bool, rou
 	return broker, direct, bcpu, dcpu, nil
 }
 
-// compareStream downloads size bytes n times each way and returns MiB/s,
-// and the CPU each process spent on each route (bcpu, dcpu: in total; the
-// caller divides by what was downloaded).
-func (e *env) compareStream(via route, size int64, n int) (broker, direct float64, bcpu, dcpu cpuUse, err error) {
+// compareStream downloads size bytes n times each way (or uploads them,
+// with upload) and returns MiB/s, and the CPU each process spent on each
+// route (bcpu, dcpu: in total; the caller divides by what was moved).
+func (e *env) compareStream(via route, size int64, n int, upload bool) (broker, direct float64, bcpu, dcpu cpuUse, err error) {
 	bc := e.client(via, false, false, 1)
 	dc := e.client(routeDirect, false, false, 1)
 	defer bc.CloseIdleConnections()
 	defer dc.CloseIdleConnections()
 	get := func(c *http.Client) (time.Duration, error) {
 		t0 := time.Now()
-		resp, err := c.Get(e.url("/bytes?n=" + strconv.FormatInt(size, 10)))
+		var resp *http.Response
+		var err error
+		if upload {
+			// with a Content-Length, as a file goes up
+			req, rerr := http.NewRequest(http.MethodPost, e.url("/upload"), &pattern{left: size})
+			if rerr != nil {
+				return 0, rerr
+			}
+			req.ContentLength = size
+			req.Header.Set("Content-Type", "application/octet-stream")
+			resp, err = c.Do(req)
+		} else {
+			resp, err = c.Get(e.url("/bytes?n=" + strconv.FormatInt(size, 10)))
+		}
 		if err != nil {
 			return 0, err
 		}
 		defer resp.Body.Close()
+		if upload {
+			var ack struct{ Bytes int64 }
+			if err := json.NewDecoder(resp.Body).Decode(&ack); err != nil || ack.Bytes != size {
+				return 0, fmt.Errorf("the upstream read %d of %d bytes: %v", ack.Bytes, size, err)
+			}
+			return time.Since(t0), nil
+		}
 		got, err := io.Copy(io.Discard, resp.Body)
 		if err != nil || got != size {
 			return 0, fmt.Errorf("read %d of %d bytes: %v", got, size, err)
@@ -241,8 +262,12 @@ func (e *env) compareStream(via route, size int64, n int) (broker, direct float6
 		}
 		bt += b
 	}
-	// eight downloads: one lasts ~0.1 s, too few samples for a profile
-	e.prof.around("stream", func() int64 {
+	// eight transfers: one lasts ~0.1 s, too few samples for a profile
+	label := "stream"
+	if upload {
+		label = "upload"
+	}
+	e.prof.around(label, func() int64 {
 		for i := 0; i < 8; i++ {
 			if _, err := get(bc); err != nil {
 				return 0
@@ -346,4 +371,28 @@ func rssMiB(pid int) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
+
+// pattern is an upload body of left bytes, the alphabet over and over
+// (as the upstream's downloads), with no allocation per byte.
+type pattern struct {
+	left int64
+	off  int
+}
+
+const alphabet = "abcdefghijklmnopqrstuvwxyz"
+
+func (p *pattern) Read(b []byte) (int, error) {
+	if p.left == 0 {
+		return 0, io.EOF
+	}
+	b = b[:min(int64(len(b)), p.left)]
+	for i := range b {
+		b[i] = alphabet[p.off]
+		if p.off++; p.off == len(alphabet) {
+			p.off = 0
+		}
+	}
+	p.left -= int64(len(b))
+	return len(b), nil
 }

@@ -155,7 +155,7 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 			emit(result{Case: c.name, Broker: b.rps(), Direct: d.rps(), Unit: "req/s"})
 		}
 		if want("ref_minimal_stream_64MiB") {
-			b, d, _, _, err := env.compareStream(routeMinimal, 64<<20, streamPairs(quick))
+			b, d, _, _, err := env.compareStream(routeMinimal, 64<<20, streamPairs(quick), false)
 			if err != nil {
 				return fmt.Errorf("ref_minimal_stream_64MiB: %w", err)
 			}
@@ -164,7 +164,7 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 	}
 	if want("stream_64MiB") {
 		pairs := streamPairs(quick)
-		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, 64<<20, pairs)
+		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, 64<<20, pairs, false)
 		if err != nil {
 			return fmt.Errorf("stream_64MiB: %w", err)
 		}
@@ -174,6 +174,15 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 		emit(result{Case: "stream_64MiB_broker_cpu", Broker: perMiB(bcpu.broker), Unit: "ms/MiB"})
 		emit(result{Case: "stream_64MiB_client_cpu", Broker: perMiB(bcpu.client), Direct: perMiB(dcpu.client), Unit: "ms/MiB"})
 		emit(result{Case: "stream_64MiB_upstream_cpu", Broker: perMiB(bcpu.upstream), Direct: perMiB(dcpu.upstream), Unit: "ms/MiB"})
+	}
+	if want("upload_64MiB") {
+		pairs := streamPairs(quick)
+		b, d, bcpu, _, err := env.compareStream(routeBroker, 64<<20, pairs, true)
+		if err != nil {
+			return fmt.Errorf("upload_64MiB: %w", err)
+		}
+		emit(result{Case: "upload_64MiB", Broker: b, Direct: d, Unit: "MiB/s"})
+		emit(result{Case: "upload_64MiB_broker_cpu", Broker: ms(bcpu.broker) / float64(64*pairs), Unit: "ms/MiB"})
 	}
 	if want("audit_events_per_s") {
 		d := 3 * time.Second

@@ -28,6 +28,7 @@ type Received struct {
 // JSON and records it. Special paths:
 //
 //	/bytes?n=N   streams N bytes (no echo), for downloads
+//	/upload      reads the body to its end and answers {"bytes":N}, for uploads
 //	/sse?n=N     N server-sent events, 50 ms apart
 //	/small       a fixed ~100-byte body, for benchmarks
 //	/redirect    a 302 to /echo (never followed by the broker)
@@ -90,6 +91,15 @@ func (u *Upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			n -= k
 		}
+		return
+	case "/upload":
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, "{\"bytes\":%d}\n", n)
 		return
 	case "/sse":
 		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
