@@ -124,7 +124,43 @@ func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if f.agentH1 && g.h1 != nil && h1Eligible(req) {
 		return g.h1.RoundTrip(req)
 	}
+	if req.ContentLength > maxH1Body {
+		req = req.WithContext(req.Context()) // a copy: RoundTrip must not change its argument
+		req.Body = &recordSized{ReadCloser: req.Body}
+	}
 	return g.t.RoundTrip(req)
+}
+
+// recordSized is a large upload's body on its way to net/http's Transport:
+// each Read fills up to recordPayload bytes (fewer only at the end), so an
+// HTTP/2 DATA frame and its 9-byte header make exactly one TLS record. Read
+// as they come (one agent TLS record, 16 KiB, at a time), every frame would
+// be 9 bytes over the record limit: two records and two write(2)s each, the
+// second carrying nine bytes. Only bodies of known length over maxH1Body
+// are held until a record's worth has come; streamed (chunked) uploads
+// pass as they arrive.
+type recordSized struct{ io.ReadCloser }
+
+// recordPayload is a TLS record's largest plaintext less an HTTP/2 frame
+// header.
+const recordPayload = 16<<10 - 9
+
+func (r *recordSized) Read(p []byte) (int, error) {
+	p = p[:min(len(p), recordPayload)]
+	n := 0
+	for empty := 0; n < len(p); {
+		m, err := r.ReadCloser.Read(p[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			if empty++; empty >= 100 {
+				return n, io.ErrNoProgress
+			}
+		}
+	}
+	return n, nil
 }
 
 // scrubInformational readies a 1xx response's header for the agent, as

@@ -2,7 +2,10 @@ package mitm
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -437,4 +440,102 @@ func TestAgentLeavesEndlessStream(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A large upload reaches an HTTP/2 upstream whole, in DATA frames that fill
+// TLS records (recordSized): read as the agent's records come, every 16 KiB
+// frame was 9 bytes over the record limit and left a record of its own
+// carrying those 9 bytes.
+func TestLargeUploadFillsTLSRecords(t *testing.T) {
+	e := newEnv(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tiny atomic.Int64 // application-data records of at most 32 bytes from the broker
+	tl := tls.NewListener(&recordCountingListener{Listener: l, tiny: &tiny},
+		&tls.Config{Certificates: e.up.srv.TLS.Certificates, NextProtos: []string{"h2"}})
+	var mu sync.Mutex
+	var proto string
+	var sum [32]byte
+	var n int64
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		m, _ := io.Copy(h, r.Body)
+		mu.Lock()
+		proto, n = r.Proto, m
+		copy(sum[:], h.Sum(nil))
+		mu.Unlock()
+	})}
+	go srv.Serve(tl)
+	t.Cleanup(func() { srv.Close() })
+
+	body := make([]byte, 4<<20)
+	rand.Read(body)
+	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("https://api.example.test:%d/upload", l.Addr().(*net.TCPAddr).Port), bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.proxyClient(agentToken, false).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if resp.StatusCode != 200 || proto != "HTTP/2.0" || n != int64(len(body)) || sum != sha256.Sum256(body) {
+		t.Fatalf("status %d; the upstream read %d of %d bytes over %s, intact: %v", resp.StatusCode, n, len(body), proto, sum == sha256.Sum256(body))
+	}
+	// 256 DATA frames; the control frames (SETTINGS, its ACK, WINDOW_UPDATE)
+	// make a few small records of their own
+	if got := tiny.Load(); got > 16 {
+		t.Errorf("%d records of at most 32 bytes for a 4 MiB upload: frames do not fill TLS records", got)
+	}
+}
+
+// recordCountingListener counts, per accepted connection, the TLS
+// application-data records of at most 32 bytes it reads.
+type recordCountingListener struct {
+	net.Listener
+	tiny *atomic.Int64
+}
+
+func (l *recordCountingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &recordCountingConn{Conn: c, tiny: l.tiny}, nil
+}
+
+// recordCountingConn follows the TLS record layer in what it reads: hdr
+// collects a record's 5-byte header, left is what remains of its body.
+type recordCountingConn struct {
+	net.Conn
+	tiny *atomic.Int64
+	hdr  []byte
+	left int
+}
+
+func (c *recordCountingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	for b := p[:n]; len(b) > 0; {
+		if c.left > 0 {
+			k := min(c.left, len(b))
+			c.left -= k
+			b = b[k:]
+			continue
+		}
+		k := min(5-len(c.hdr), len(b))
+		c.hdr = append(c.hdr, b[:k]...)
+		b = b[k:]
+		if len(c.hdr) == 5 {
+			c.left = int(c.hdr[3])<<8 | int(c.hdr[4])
+			if c.hdr[0] == 23 && c.left <= 32 {
+				c.tiny.Add(1)
+			}
+			c.hdr = c.hdr[:0]
+		}
+	}
+	return n, err
 }
