@@ -98,7 +98,8 @@ type Broker struct {
 	now       func() time.Time
 	snap      atomic.Pointer[policy.Snapshot]
 	res       *resolver
-	transport *http.Transport
+	transport *http.Transport // HTTP/2 agents; HTTP/2 to upstreams that offer it
+	upload1   *http.Transport // HTTP/1.1 agents' bodies the fast path does not take: HTTP/1.1 only
 	h1        *h1Transport
 	rp        *httputil.ReverseProxy
 	inner     *http.Server // serves terminated and plain transparent connections
@@ -176,7 +177,8 @@ func New(cfg Config) (*Broker, error) {
 	b.res = newResolver(resolve, cfg.ResolveTTL, cfg.Now)
 	b.snap.Store(policy.NewSnapshot(policy.Input{}))
 	b.tlsOuter = b.newTLSOuter()
-	b.transport = b.newTransport()
+	b.transport = b.newTransport(true)
+	b.upload1 = b.newTransport(false)
 	b.h1 = newH1Transport(b.dialUpstream, b.upstreamTLS())
 	b.rp = b.newReverseProxy()
 	b.internal = b.newInternal()

@@ -59,10 +59,11 @@ func h1Eligible(req *http.Request) bool {
 // It serves requests that arrive from the agent over HTTP/1.1 with no body
 // or a body of known length up to maxH1Body: the request is written whole,
 // then the response read, which a server that answers early without
-// reading a large body could stall. Everything else — HTTP/2 agents (gRPC
-// among them), chunked or large uploads — goes through net/http's
-// Transport, which writes and reads concurrently and speaks HTTP/2 to the
-// upstream. The wire format is net/http's own: Request.Write and
+// reading a large body could stall. Everything else goes through net/http's
+// Transport, which writes and reads concurrently: chunked or large uploads
+// from HTTP/1.1 agents through one that speaks only HTTP/1.1, HTTP/2 agents
+// (gRPC among them) through one that speaks HTTP/2 to upstreams that offer
+// it (see newTransport). The wire format is net/http's own: Request.Write and
 // ReadResponse, with response headers limited to maxResponseHeader. A
 // connection goes back to the pool only after its response body was read
 // to the end and neither side asked to close; a pooled connection is

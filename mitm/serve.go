@@ -169,6 +169,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		}
 	}
 	b.transport.CloseIdleConnections()
+	b.upload1.CloseIdleConnections()
 	b.h1.CloseIdleConnections()
 	return firstErr
 }
