@@ -475,36 +475,59 @@ func TestLargeUploads(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 	url := fmt.Sprintf("https://api.example.test:%d/upload", l.Addr().(*net.TCPAddr).Port)
 
-	body := make([]byte, 4<<20)
-	rand.Read(body)
+	block := make([]byte, 4<<20)
+	rand.Read(block)
+	var yields atomic.Int64
+	count := func() { yields.Add(1) }
+	yieldHook.Store(&count)
+	t.Cleanup(func() { yieldHook.Store(nil) })
 	for _, c := range []struct {
 		name      string
 		agentH2   bool
 		chunked   bool
+		blocks    int // the body is block this many times
 		wantProto string
 	}{
-		{"h2 agent", true, false, "HTTP/2.0"},
-		{"h1 agent", false, false, "HTTP/1.1"},
-		{"h1 agent, chunked", false, true, "HTTP/1.1"},
+		{"h2 agent", true, false, 1, "HTTP/2.0"},
+		{"h1 agent", false, false, 1, "HTTP/1.1"},
+		{"h1 agent, chunked", false, true, 1, "HTTP/1.1"},
+		{"h1 agent, 64 MiB", false, false, 16, "HTTP/1.1"}, // long enough to give way to the scheduler
 	} {
 		tiny.Store(0)
-		var r io.Reader = bytes.NewReader(body)
-		if c.chunked {
-			r = io.MultiReader(r) // hides the length: sent chunked
+		yields.Store(0)
+		parts := make([]io.Reader, c.blocks)
+		want := sha256.New()
+		for i := range parts {
+			parts[i] = bytes.NewReader(block)
+			want.Write(block)
 		}
-		req, err := http.NewRequest(http.MethodPost, url, r)
+		size := int64(c.blocks * len(block))
+		req, err := http.NewRequest(http.MethodPost, url, io.MultiReader(parts...))
 		if err != nil {
 			t.Fatal(err)
 		}
+		if !c.chunked {
+			req.ContentLength = size
+		}
+		start := time.Now()
 		resp, err := e.proxyClient(agentToken, c.agentH2).Do(req)
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
 		resp.Body.Close()
+		took := time.Since(start)
 		s := <-got
-		if resp.StatusCode != 200 || s.proto != c.wantProto || s.n != int64(len(body)) || s.sum != sha256.Sum256(body) {
+		intact := s.sum == [32]byte(want.Sum(nil))
+		if resp.StatusCode != 200 || s.proto != c.wantProto || s.n != size || !intact {
 			t.Fatalf("%s: status %d; the upstream read %d of %d bytes over %s (want %s), intact: %v",
-				c.name, resp.StatusCode, s.n, len(body), s.proto, c.wantProto, s.sum == sha256.Sum256(body))
+				c.name, resp.StatusCode, s.n, size, s.proto, c.wantProto, intact)
+		}
+		// an HTTP/1.1 agent's upload gives way as a download does (see
+		// TestLargeDownloadBoundedMemory); one faster than four periods
+		// proves nothing either way
+		t.Logf("%s: %d MiB in %v, %d yields", c.name, size>>20, took, yields.Load())
+		if !c.agentH2 && took > 4*yieldAfter && yields.Load() == 0 {
+			t.Errorf("%s: the upload never gave way in %v", c.name, took)
 		}
 		// 256 DATA frames over HTTP/2; the control frames (SETTINGS, its
 		// ACK, WINDOW_UPDATE) make a few small records of their own. (A
