@@ -22,9 +22,11 @@
 // take h1Transport, which writes the request and reads the response in the
 // handler's goroutine on a pooled HTTP/1.1 connection (net/http's Transport
 // hands each request through two more goroutines, and on small VMs each
-// hand-off wakes an idle vCPU: see h1transport.go); everything else — HTTP/2
-// agents, gRPC, chunked or large uploads — takes one shared http.Transport,
-// which speaks HTTP/2 upstream where offered. The dial itself takes the addresses validated for the request
+// hand-off wakes an idle vCPU: see h1transport.go). Their chunked or large
+// uploads take an http.Transport that speaks only HTTP/1.1 (no HTTP/2 flow
+// control or framing on a large body: see newTransport); HTTP/2 agents,
+// gRPC among them, take one that speaks HTTP/2 upstream where offered. The
+// dial itself takes the addresses validated for the request
 // (the transparent connection's original destination, or the broker's own
 // resolution for CONNECT); two agents whose validated addresses for the same
 // name differ may share a pooled, certificate-verified connection to either.

@@ -82,6 +82,7 @@ func (b *Broker) newTransport(h2 bool) *http.Transport {
 	if !h2 {
 		t.Protocols = new(http.Protocols)
 		t.Protocols.SetHTTP1(true)
+		t.TLSClientConfig.NextProtos = []string{"http/1.1"} // as h1Transport offers
 	}
 	return t
 }
@@ -177,11 +178,15 @@ func (b *yieldingBody) Read(p []byte) (int, error) {
 // recordSized is an HTTP/2 agent's large upload on its way to net/http's
 // Transport, which speaks HTTP/2 to an upstream that offers it: each Read
 // fills up to recordPayload bytes (fewer only at the end), so a DATA frame
-// and its 9-byte header make exactly one TLS record. Read as they come
-// (16 KiB at a time), every frame would be 9 bytes over the record limit:
-// two records and two write(2)s each, the second carrying nine bytes. Only
-// bodies of known length over maxH1Body are held until a record's worth
-// has come; streamed uploads pass as they arrive.
+// and its 9-byte header make exactly one TLS record. Where frames are
+// 16 KiB (the protocol's default size, and every upstream's until its
+// SETTINGS arrive), a frame read 16 KiB at a time is 9 bytes over the
+// record limit: two records and two write(2)s each, the second carrying
+// nine bytes. Only bodies of known length over maxH1Body are held until a
+// record's worth has come; streamed uploads pass as they arrive. (An agent
+// that declares a large length and then waits for the answer before it
+// sends its last bytes would wait with up to 16 KiB held here; such
+// full-duplex clients use streamed bodies.)
 type recordSized struct{ io.ReadCloser }
 
 // recordPayload is a TLS record's largest plaintext less an HTTP/2 frame
@@ -197,10 +202,10 @@ func (r *recordSized) Read(p []byte) (int, error) {
 		if err != nil {
 			return n, err
 		}
-		if m == 0 {
-			if empty++; empty >= 100 {
-				return n, io.ErrNoProgress
-			}
+		if m > 0 {
+			empty = 0
+		} else if empty++; empty >= 100 {
+			return n, io.ErrNoProgress
 		}
 	}
 	return n, nil
