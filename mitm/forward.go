@@ -162,16 +162,11 @@ func withBody(req *http.Request, body io.ReadCloser) *http.Request {
 // sysmon wake-ups and 5.4 preemption signals before, 15 and 0 after.
 type yieldingBody struct {
 	io.ReadCloser
-	yielded time.Time
+	gate yieldGate
 }
 
 func (b *yieldingBody) Read(p []byte) (int, error) {
-	if b.yielded.IsZero() {
-		b.yielded = time.Now()
-	} else if time.Since(b.yielded) > yieldAfter {
-		yield()
-		b.yielded = time.Now()
-	}
+	b.gate.tick()
 	return b.ReadCloser.Read(p)
 }
 
@@ -194,21 +189,7 @@ type recordSized struct{ io.ReadCloser }
 const recordPayload = 16<<10 - 9
 
 func (r *recordSized) Read(p []byte) (int, error) {
-	p = p[:min(len(p), recordPayload)]
-	n := 0
-	for empty := 0; n < len(p); {
-		m, err := r.ReadCloser.Read(p[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-		if m > 0 {
-			empty = 0
-		} else if empty++; empty >= 100 {
-			return n, io.ErrNoProgress
-		}
-	}
-	return n, nil
+	return readFull(r.ReadCloser, p[:min(len(p), recordPayload)])
 }
 
 // scrubInformational readies a 1xx response's header for the agent, as

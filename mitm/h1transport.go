@@ -233,14 +233,15 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
-	n, err := b.rc.Read(p)
 	// A large body of known length is read in full buffers rather than
 	// one TLS record (16 KiB) at a time, so the agent is written in
 	// fewer, larger writes.
-	for b.fill && err == nil && n < len(p) {
-		var k int
-		k, err = b.rc.Read(p[n:])
-		n += k
+	var n int
+	var err error
+	if b.fill {
+		n, err = readFull(b.rc, p)
+	} else {
+		n, err = b.rc.Read(p)
 	}
 	if err == io.EOF {
 		b.finish(true)
@@ -248,6 +249,27 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		b.finish(false)
 	}
 	return n, err
+}
+
+// readFull reads into p until it is full or r fails or ends, and returns
+// r's error as it is (io.EOF included, unlike io.ReadFull, which cannot
+// tell a short body from an upstream's own io.ErrUnexpectedEOF). A source
+// that keeps returning nothing gets io.ErrNoProgress.
+func readFull(r io.Reader, p []byte) (int, error) {
+	n := 0
+	for empty := 0; n < len(p); {
+		m, err := r.Read(p[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		if m > 0 {
+			empty = 0
+		} else if empty++; empty >= 100 {
+			return n, io.ErrNoProgress
+		}
+	}
+	return n, nil
 }
 
 func (b *h1Body) Close() error {

@@ -47,7 +47,7 @@ type h1Writer struct {
 	continued bool // a 100 Continue went out
 	ended     bool // finish is done; bw goes back to its pool
 
-	yielded time.Time // when a large body's writes last gave way (yieldAfter)
+	gate yieldGate // a large body's writes give way every yieldAfter
 }
 
 // corkAbove: a body write larger than one TLS record is sent in one
@@ -73,6 +73,19 @@ func yield() {
 }
 
 var yieldHook atomic.Pointer[func()]
+
+// yieldGate makes a long transfer give way to the scheduler once
+// yieldAfter has passed since it last did (or since its first tick).
+type yieldGate struct{ last time.Time }
+
+func (g *yieldGate) tick() {
+	if g.last.IsZero() {
+		g.last = time.Now()
+	} else if time.Since(g.last) > yieldAfter {
+		yield()
+		g.last = time.Now()
+	}
+}
 
 // h1PreBuffer: a response whose whole body fits and arrives before the
 // handler returns gets a Content-Length instead of chunks.
@@ -140,12 +153,7 @@ func (w *h1Writer) writeBody(p []byte) (int, error) {
 	}
 	corked := w.tc != nil && len(p) > corkAbove
 	if corked {
-		if w.yielded.IsZero() {
-			w.yielded = time.Now()
-		} else if time.Since(w.yielded) > yieldAfter {
-			yield()
-			w.yielded = time.Now()
-		}
+		w.gate.tick()
 		w.tc.cork()
 	}
 	n, err := w.bw.Write(p)
