@@ -163,26 +163,24 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 		}
 	}
 	if want("stream_64MiB") {
-		pairs := streamPairs
-		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, 64<<20, pairs, false)
+		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, 64<<20, streamPairs, false)
 		if err != nil {
 			return fmt.Errorf("stream_64MiB: %w", err)
 		}
 		emit(result{Case: "stream_64MiB", Broker: b, Direct: d, Unit: "MiB/s"})
 		// CPU per MiB downloaded, by process (USER_HZ granularity: 10 ms)
-		perMiB := func(t time.Duration) float64 { return ms(t) / float64(64*pairs) }
+		perMiB := func(t time.Duration) float64 { return ms(t) / float64(64*streamPairs) }
 		emit(result{Case: "stream_64MiB_broker_cpu", Broker: perMiB(bcpu.broker), Unit: "ms/MiB"})
 		emit(result{Case: "stream_64MiB_client_cpu", Broker: perMiB(bcpu.client), Direct: perMiB(dcpu.client), Unit: "ms/MiB"})
 		emit(result{Case: "stream_64MiB_upstream_cpu", Broker: perMiB(bcpu.upstream), Direct: perMiB(dcpu.upstream), Unit: "ms/MiB"})
 	}
 	if want("upload_64MiB") {
-		pairs := streamPairs
-		b, d, bcpu, _, err := env.compareStream(routeBroker, 64<<20, pairs, true)
+		b, d, bcpu, _, err := env.compareStream(routeBroker, 64<<20, streamPairs, true)
 		if err != nil {
 			return fmt.Errorf("upload_64MiB: %w", err)
 		}
 		emit(result{Case: "upload_64MiB", Broker: b, Direct: d, Unit: "MiB/s"})
-		emit(result{Case: "upload_64MiB_broker_cpu", Broker: ms(bcpu.broker) / float64(64*pairs), Unit: "ms/MiB"})
+		emit(result{Case: "upload_64MiB_broker_cpu", Broker: ms(bcpu.broker) / float64(64*streamPairs), Unit: "ms/MiB"})
 	}
 	if want("audit_events_per_s") {
 		d := 3 * time.Second
