@@ -83,6 +83,7 @@ func (b *Broker) newTransport(h2 bool) *http.Transport {
 		t.Protocols = new(http.Protocols)
 		t.Protocols.SetHTTP1(true)
 		t.TLSClientConfig.NextProtos = []string{"http/1.1"} // as h1Transport offers
+		t.WriteBufferSize = chunkWriteBuffer
 	}
 	return t
 }
@@ -160,14 +161,33 @@ func withBody(req *http.Request, body io.ReadCloser) *http.Request {
 // its own: a long one gives way to the scheduler every yieldAfter, for the
 // reason a long download does (see yieldAfter). Per 64 MiB upload: 146
 // sysmon wake-ups and 5.4 preemption signals before, 15 and 0 after.
+//
+// Each Read returns at most chunkPayload bytes, so that a chunk of a
+// streamed (chunked) upload, with its size line and closing CRLF, is
+// exactly two full TLS records: net/http flushes after every chunk, and
+// with its default 4 KiB write buffer each 32 KiB chunk left in four
+// records and write(2)s (the size line with the first 4 KiB, 16 KiB, the
+// rest, and the CRLF alone); with a larger buffer but whole 32 KiB reads,
+// in three (the last carrying 8 bytes). A body of known length is written
+// in pieces of the same size: two records each, as before.
 type yieldingBody struct {
 	io.ReadCloser
 	gate yieldGate
 }
 
+// chunkPayload is two TLS records' plaintext less a chunk's framing: the
+// size line "7ff8\r\n" and the closing CRLF.
+const chunkPayload = 32<<10 - 8
+
+// chunkWriteBuffer is the HTTP/1.1 upload transport's write buffer, which
+// holds one such chunk whole. The cost is 32 KiB per connection of that
+// transport, which carries only HTTP/1.1 agents' chunked and large uploads;
+// h1Transport keeps 4 KiB.
+const chunkWriteBuffer = 32 << 10
+
 func (b *yieldingBody) Read(p []byte) (int, error) {
 	b.gate.tick()
-	return b.ReadCloser.Read(p)
+	return b.ReadCloser.Read(p[:min(len(p), chunkPayload)])
 }
 
 // recordSized is an HTTP/2 agent's large upload on its way to net/http's
