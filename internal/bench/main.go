@@ -7,7 +7,9 @@
 //	BENCH case=<name> broker=<value> direct=<value> unit=<unit> ratio=<broker/direct>
 //
 // The machines are shared and noisy: only ratios within one run mean
-// anything, and nothing here is ever a pass/fail threshold.
+// anything, and nothing here is ever a pass/fail threshold. Each run's
+// results also go to a JSON file; -compare OLD.json,NEW.json reads two of
+// them and prints the change per case instead of running (compare.go).
 package main
 
 import (
@@ -52,7 +54,20 @@ func main() {
 	events := flag.String("perf-stat", "", "perf events to count per request in one extra broker-only round per load case (e.g. syscalls:sys_enter_fdatasync)")
 	cpuprof := flag.String("cpuprofile", "", "write this driver's own CPU profile (clients, upstream) to a file")
 	reference := flag.Bool("reference", false, "also measure a minimal Go MITM (no policy, audit, injection or scrubbing) in the broker's place: cases ref_minimal_*")
+	compare := flag.String("compare", "", "OLD.json,NEW.json: compare two result files case by case instead of running")
 	flag.Parse()
+	if *compare != "" {
+		paths := strings.Split(*compare, ",")
+		if len(paths) != 2 {
+			fmt.Fprintln(os.Stderr, "bench: -compare wants two result files: OLD.json,NEW.json")
+			os.Exit(2)
+		}
+		if err := compareRuns(os.Stdout, paths[0], paths[1]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *cpuprof != "" {
 		f, err := os.Create(*cpuprof)
 		if err == nil {
