@@ -196,10 +196,19 @@ func (e *env) compareSmall(name string, via route, conc int, h2, fresh bool, rou
 	return broker, direct, bcpu, dcpu, nil
 }
 
-// compareStream downloads size bytes n times each way (or uploads them,
-// with upload) and returns MiB/s, and the CPU each process spent on each
-// route (bcpu, dcpu: in total; the caller divides by what was moved).
-func (e *env) compareStream(via route, size int64, n int, upload bool) (broker, direct float64, bcpu, dcpu cpuUse, err error) {
+// transfer is what a transfer case moves, and which way.
+type transfer int
+
+const (
+	download      transfer = iota
+	upload                 // a POST with a Content-Length, as a file goes up
+	uploadChunked          // a POST of unknown length: chunked, as a generated body goes up
+)
+
+// compareStream downloads size bytes n times each way (or uploads them)
+// and returns MiB/s, and the CPU each process spent on each route (bcpu,
+// dcpu: in total; the caller divides by what was moved).
+func (e *env) compareStream(via route, size int64, n int, kind transfer) (broker, direct float64, bcpu, dcpu cpuUse, err error) {
 	bc := e.client(via, false, false, 1)
 	dc := e.client(routeDirect, false, false, 1)
 	defer bc.CloseIdleConnections()
@@ -208,13 +217,15 @@ func (e *env) compareStream(via route, size int64, n int, upload bool) (broker, 
 		t0 := time.Now()
 		var resp *http.Response
 		var err error
-		if upload {
-			// with a Content-Length, as a file goes up
+		if kind != download {
 			req, rerr := http.NewRequest(http.MethodPost, e.url("/upload"), &pattern{left: size})
 			if rerr != nil {
 				return 0, rerr
 			}
 			req.ContentLength = size
+			if kind == uploadChunked {
+				req.ContentLength = -1
+			}
 			req.Header.Set("Content-Type", "application/octet-stream")
 			resp, err = c.Do(req)
 		} else {
@@ -224,7 +235,7 @@ func (e *env) compareStream(via route, size int64, n int, upload bool) (broker, 
 			return 0, err
 		}
 		defer resp.Body.Close()
-		if upload {
+		if kind != download {
 			var ack struct{ Bytes int64 }
 			if err := json.NewDecoder(resp.Body).Decode(&ack); err != nil || ack.Bytes != size {
 				return 0, fmt.Errorf("the upstream read %d of %d bytes: %v", ack.Bytes, size, err)
@@ -263,10 +274,7 @@ func (e *env) compareStream(via route, size int64, n int, upload bool) (broker, 
 		bt += b
 	}
 	// eight transfers: one lasts ~0.1 s, too few samples for a profile
-	label := "stream"
-	if upload {
-		label = "upload"
-	}
+	label := [...]string{download: "stream", upload: "upload", uploadChunked: "upload_chunked"}[kind]
 	e.prof.around(label, func() int64 {
 		for i := 0; i < 8; i++ {
 			if _, err := get(bc); err != nil {

@@ -170,7 +170,7 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 			emit(result{Case: c.name, Broker: b.rps(), Direct: d.rps(), Unit: "req/s"})
 		}
 		if want("ref_minimal_stream_64MiB") {
-			b, d, _, _, err := env.compareStream(routeMinimal, 64<<20, streamPairs, false)
+			b, d, _, _, err := env.compareStream(routeMinimal, 64<<20, streamPairs, download)
 			if err != nil {
 				return fmt.Errorf("ref_minimal_stream_64MiB: %w", err)
 			}
@@ -178,7 +178,7 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 		}
 	}
 	if want("stream_64MiB") {
-		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, 64<<20, streamPairs, false)
+		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, 64<<20, streamPairs, download)
 		if err != nil {
 			return fmt.Errorf("stream_64MiB: %w", err)
 		}
@@ -189,13 +189,19 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 		emit(result{Case: "stream_64MiB_client_cpu", Broker: perMiB(bcpu.client), Direct: perMiB(dcpu.client), Unit: "ms/MiB"})
 		emit(result{Case: "stream_64MiB_upstream_cpu", Broker: perMiB(bcpu.upstream), Direct: perMiB(dcpu.upstream), Unit: "ms/MiB"})
 	}
-	if want("upload_64MiB") {
-		b, d, bcpu, _, err := env.compareStream(routeBroker, 64<<20, streamPairs, true)
-		if err != nil {
-			return fmt.Errorf("upload_64MiB: %w", err)
+	for _, c := range []struct {
+		name string
+		kind transfer
+	}{{"upload_64MiB", upload}, {"upload_chunked_64MiB", uploadChunked}} {
+		if !want(c.name) {
+			continue
 		}
-		emit(result{Case: "upload_64MiB", Broker: b, Direct: d, Unit: "MiB/s"})
-		emit(result{Case: "upload_64MiB_broker_cpu", Broker: ms(bcpu.broker) / float64(64*streamPairs), Unit: "ms/MiB"})
+		b, d, bcpu, _, err := env.compareStream(routeBroker, 64<<20, streamPairs, c.kind)
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+		emit(result{Case: c.name, Broker: b, Direct: d, Unit: "MiB/s"})
+		emit(result{Case: c.name + "_broker_cpu", Broker: ms(bcpu.broker) / float64(64*streamPairs), Unit: "ms/MiB"})
 	}
 	if want("audit_events_per_s") {
 		d := 3 * time.Second
