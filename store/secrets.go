@@ -61,12 +61,11 @@ func (s *Store) loadSecrets() error {
 				return nil
 			}
 			var rec credentialRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				bad[secretKey{vault, key}] = struct{}{}
-				badNames = append(badNames, vault+"/"+key)
-				return nil
+			var pt []byte
+			err := json.Unmarshal(v, &rec)
+			if err == nil {
+				pt, err = s.aead.open(bucketCredentials, k, rec.Ciphertext)
 			}
-			pt, err := s.aead.open(bucketCredentials, k, rec.Ciphertext)
 			if err != nil {
 				bad[secretKey{vault, key}] = struct{}{}
 				badNames = append(badNames, vault+"/"+key)

@@ -170,7 +170,7 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 			emit(result{Case: c.name, Broker: b.rps(), Direct: d.rps(), Unit: "req/s"})
 		}
 		if want("ref_minimal_stream_64MiB") {
-			b, d, _, _, err := env.compareStream(routeMinimal, 64<<20, streamPairs, download)
+			b, d, _, _, err := env.compareStream(routeMinimal, transferSize, streamPairs, download)
 			if err != nil {
 				return fmt.Errorf("ref_minimal_stream_64MiB: %w", err)
 			}
@@ -178,13 +178,12 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 		}
 	}
 	if want("stream_64MiB") {
-		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, 64<<20, streamPairs, download)
+		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, transferSize, streamPairs, download)
 		if err != nil {
 			return fmt.Errorf("stream_64MiB: %w", err)
 		}
 		emit(result{Case: "stream_64MiB", Broker: b, Direct: d, Unit: "MiB/s"})
-		// CPU per MiB downloaded, by process (USER_HZ granularity: 10 ms)
-		perMiB := func(t time.Duration) float64 { return ms(t) / float64(64*streamPairs) }
+		// CPU per MiB downloaded, by process
 		emit(result{Case: "stream_64MiB_broker_cpu", Broker: perMiB(bcpu.broker), Unit: "ms/MiB"})
 		emit(result{Case: "stream_64MiB_client_cpu", Broker: perMiB(bcpu.client), Direct: perMiB(dcpu.client), Unit: "ms/MiB"})
 		emit(result{Case: "stream_64MiB_upstream_cpu", Broker: perMiB(bcpu.upstream), Direct: perMiB(dcpu.upstream), Unit: "ms/MiB"})
@@ -196,12 +195,12 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 		if !want(c.name) {
 			continue
 		}
-		b, d, bcpu, _, err := env.compareStream(routeBroker, 64<<20, streamPairs, c.kind)
+		b, d, bcpu, _, err := env.compareStream(routeBroker, transferSize, streamPairs, c.kind)
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
 		emit(result{Case: c.name, Broker: b, Direct: d, Unit: "MiB/s"})
-		emit(result{Case: c.name + "_broker_cpu", Broker: ms(bcpu.broker) / float64(64*streamPairs), Unit: "ms/MiB"})
+		emit(result{Case: c.name + "_broker_cpu", Broker: perMiB(bcpu.broker), Unit: "ms/MiB"})
 	}
 	if want("audit_events_per_s") {
 		d := 3 * time.Second
@@ -248,6 +247,13 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 // of the stream case alone, one build, read mean 0.487 with a standard
 // deviation of 0.030 over 6 runs of 12 pairs, and 0.019 over 19 of 20.
 const streamPairs = 20
+
+// transferSize is what each transfer case's downloads and uploads move.
+const transferSize = 64 << 20
+
+// perMiB is CPU time per MiB moved by a transfer case's timed pairs, in
+// milliseconds (USER_HZ granularity: 10 ms over the whole case).
+func perMiB(t time.Duration) float64 { return ms(t) / float64(streamPairs*(transferSize>>20)) }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
