@@ -397,7 +397,7 @@ type bufferPool struct{}
 
 // 64 KiB, so the scrubbing reader behind it reads its whole 32 KiB chunk
 // (plus the tail it held back) straight into the buffer: two TLS records per
-// write to the agent for large bodies (see h1Body.fill and trackedConn.cork).
+// write to the agent for large bodies (see h1Body.Read and trackedConn.cork).
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }

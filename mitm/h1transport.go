@@ -196,7 +196,7 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 			}
 			return resp, nil
 		}
-		resp.Body = &h1Body{rc: resp.Body, pc: pc, t: t, reusable: reusable, stop: stop, fill: resp.ContentLength > fillAbove}
+		resp.Body = &h1Body{rc: resp.Body, pc: pc, t: t, reusable: reusable, stop: stop, large: resp.ContentLength > fillAbove}
 		return resp, nil
 	}
 }
@@ -222,10 +222,12 @@ type h1Body struct {
 	reusable bool
 	stop     func() bool
 	done     bool
-	fill     bool // read until p is full (a body of known length over fillAbove)
+	large    bool        // a body of known length over fillAbove
+	pf       *prefetcher // reads a large body ahead (nil before the first Read, or when no slot was free)
+	began    bool
 }
 
-// fillAbove: bodies of known length above it are read in full buffers; a
+// fillAbove: bodies of known length above it are read in large chunks; a
 // smaller or open-ended body (a stream of events) is passed on as it comes.
 const fillAbove = 1 << 20
 
@@ -233,14 +235,22 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
-	// A large body of known length is read in full buffers rather than
-	// one TLS record (16 KiB) at a time, so the agent is written in
-	// fewer, larger writes.
+	if b.large && !b.began {
+		b.pf = newPrefetcher(b.rc)
+	}
+	b.began = true
+	// A large body is read ahead in large chunks (see prefetcher) or, when
+	// prefetchMax bodies are already, in full buffers here: either way the
+	// agent is written in fewer, larger writes than one TLS record (16 KiB)
+	// at a time.
 	var n int
 	var err error
-	if b.fill {
+	switch {
+	case b.pf != nil:
+		n, err = b.pf.Read(p)
+	case b.large:
 		n, err = readFull(b.rc, p)
-	} else {
+	default:
 		n, err = b.rc.Read(p)
 	}
 	if err == io.EOF {
@@ -255,7 +265,11 @@ func (b *h1Body) Read(p []byte) (int, error) {
 // r's error as it is (io.EOF included, unlike io.ReadFull, which cannot
 // tell a short body from an upstream's own io.ErrUnexpectedEOF). A source
 // that keeps returning nothing gets io.ErrNoProgress.
-func readFull(r io.Reader, p []byte) (int, error) {
+func readFull(r io.Reader, p []byte) (int, error) { return readUntil(r, p, nil) }
+
+// readUntil is readFull that also stops, after a read, once enough(n) says
+// the n bytes read so far will do.
+func readUntil(r io.Reader, p []byte, enough func(n int) bool) (int, error) {
 	n := 0
 	for empty := 0; n < len(p); {
 		m, err := r.Read(p[n:])
@@ -267,6 +281,9 @@ func readFull(r io.Reader, p []byte) (int, error) {
 			empty = 0
 		} else if empty++; empty >= 100 {
 			return n, io.ErrNoProgress
+		}
+		if enough != nil && enough(n) {
+			break
 		}
 	}
 	return n, nil
@@ -285,13 +302,16 @@ func (b *h1Body) finish(atEOF bool) {
 	// the connection: it is then closed, never pooled for another request
 	if b.stop() && atEOF && b.reusable {
 		b.rc.Close()
+		b.pf.close() // its goroutine is done: it read to the end
 		b.t.put(b.pc)
 		return
 	}
 	// The connection goes first: closing a body net/http read with
 	// ReadResponse drains it to its end, which for an endless stream
-	// (events) the agent left would never come.
+	// (events) the agent left would never come. A prefetcher's read in
+	// progress fails with it.
 	b.pc.c.Close()
+	b.pf.close()
 	b.rc.Close()
 }
 

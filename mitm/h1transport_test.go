@@ -591,3 +591,72 @@ func (c *recordCountingConn) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// A large body of known length is read ahead of the handler (prefetcher):
+// the credential is scrubbed where it straddles the hand-offs (64 KiB copy
+// buffers, 512 KiB chunks), every other byte arrives as sent, the
+// connection is pooled for the next request, and an agent that leaves part
+// way gives the slot and the connection back.
+func TestLargeBodyReadAhead(t *testing.T) {
+	e := newEnv(t)
+	size := 3<<20 + 777
+	body := patterned(size)
+	at := []int{64<<10 - 5, 128<<10 - 9, prefetchChunk - 13, 2*prefetchChunk - 1, 1 << 20, size - len(sentinel)}
+	for _, i := range at {
+		copy(body[i:], sentinel)
+	}
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/endless" { // more than every buffer on the way holds
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", 1<<40)
+				for {
+					if _, err := c.Write(body); err != nil {
+						return
+					}
+				}
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", size)
+			for rest := body; len(rest) > 0; { // in uneven writes, as a busy upstream sends
+				k := min(len(rest), 100<<10+3)
+				if _, err := c.Write(rest[:k]); err != nil {
+					return
+				}
+				rest = rest[k:]
+			}
+		}
+	})
+	c := e.proxyClient(agentToken, false)
+	for range 2 {
+		code, got := e.getVia(t, c, up.port, "/big")
+		if code != 200 || len(got) != size {
+			t.Fatalf("%d, %d bytes; want 200 and %d", code, len(got), size)
+		}
+		if strings.Contains(got, sentinel) {
+			t.Fatal("the credential reached the agent")
+		}
+		masked := []byte(got)
+		for _, i := range at {
+			copy(masked[i:], body[i:i+len(sentinel)])
+		}
+		if !bytes.Equal(masked, body) {
+			t.Fatal("bytes other than the credential changed on the way")
+		}
+	}
+	if n := up.conns.Load(); n != 1 {
+		t.Fatalf("%d upstream connections for 2 sequential downloads, want 1 (pooled)", n)
+	}
+	resp, err := c.Get(fmt.Sprintf("https://api.example.test:%d/endless", up.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.CopyN(io.Discard, resp.Body, 1<<20)
+	if n := len(prefetchSlots); n != 1 {
+		t.Fatalf("%d bodies read ahead during a large download, want 1", n)
+	}
+	resp.Body.Close()
+	waitFor(t, "the read-ahead slot", func() bool { return len(prefetchSlots) == 0 })
+}
