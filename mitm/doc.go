@@ -47,7 +47,11 @@
 // Responses of known length go to the agent in one write when the upstream
 // is done (ReverseProxy's FlushInterval 0: event streams and bodies of
 // unknown length are still flushed as they arrive), and the response is
-// flushed before the completion row and the log line are written.
+// flushed before the completion row and the log line are written. A body
+// of known length over 1 MiB from the pooled HTTP/1.1 transport is read
+// ahead of the handler by a goroutine of its own, in 512 KiB chunks
+// (prefetcher: decrypting the next chunk while the last is scrubbed,
+// encrypted and written; at most 16 bodies at once).
 // Completion audit rows ("request.complete") never hold up the response:
 // a Sink that takes follow-up rows (audit.FollowUpSink, the store) records
 // them inline without waiting; any other Sink gets them from a goroutine,
