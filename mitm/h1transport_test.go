@@ -660,3 +660,48 @@ func TestLargeBodyReadAhead(t *testing.T) {
 	resp.Body.Close()
 	waitFor(t, "the read-ahead slot", func() bool { return len(prefetchSlots) == 0 })
 }
+
+// With every read-ahead slot taken (prefetchMax large bodies in flight),
+// large downloads are read in their handlers, concurrently, and arrive
+// whole; the slots are left as they were.
+func TestLargeDownloadsWithoutASlot(t *testing.T) {
+	e := newEnv(t)
+	waitFor(t, "earlier tests' slots", func() bool { return len(prefetchSlots) == 0 })
+	for range prefetchMax {
+		prefetchSlots <- struct{}{}
+	}
+	defer func() {
+		for range prefetchMax {
+			<-prefetchSlots
+		}
+	}()
+	const size = 3 << 20
+	want := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	c := e.proxyClient(agentToken, false)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Get(e.url("api.example.test", fmt.Sprintf("/bytes?n=%d", size)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			got, err := io.ReadAll(resp.Body)
+			if err != nil || !bytes.Equal(got, want) {
+				errs <- fmt.Errorf("%d bytes (want %d), same=%v, %v", len(got), size, bytes.Equal(got, want), err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := len(prefetchSlots); n != prefetchMax {
+		t.Fatalf("%d slots taken, want the %d the test holds", n, prefetchMax)
+	}
+}
