@@ -223,8 +223,9 @@ type h1Body struct {
 	stop     func() bool
 	done     bool
 	large    bool        // a body of known length over fillAbove
-	pf       *prefetcher // reads a large body ahead (nil before the first Read, or when no slot was free)
+	pf       *prefetcher // reads a large body ahead (nil for others, before the first Read, or when no slot was free)
 	began    bool
+	err      error // the read error that ended the body early, returned again to a later Read
 }
 
 // fillAbove: bodies of known length above it are read in large chunks; a
@@ -233,6 +234,9 @@ const fillAbove = 1 << 20
 
 func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
+		if b.err != nil {
+			return 0, b.err
+		}
 		return 0, io.EOF
 	}
 	if b.large && !b.began {
@@ -240,9 +244,9 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	}
 	b.began = true
 	// A large body is read ahead in large chunks (see prefetcher) or, when
-	// prefetchMax bodies are already, in full buffers here: either way the
-	// agent is written in fewer, larger writes than one TLS record (16 KiB)
-	// at a time.
+	// prefetchMax bodies are read ahead already, in full buffers here.
+	// Either way the agent is written in fewer, larger writes than one TLS
+	// record (16 KiB) at a time.
 	var n int
 	var err error
 	switch {
@@ -256,6 +260,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	if err == io.EOF {
 		b.finish(true)
 	} else if err != nil {
+		b.err = err
 		b.finish(false)
 	}
 	return n, err

@@ -599,6 +599,7 @@ func (c *recordCountingConn) Read(p []byte) (int, error) {
 // way gives the slot and the connection back.
 func TestLargeBodyReadAhead(t *testing.T) {
 	e := newEnv(t)
+	waitFor(t, "earlier tests' slots", func() bool { return len(prefetchSlots) == 0 })
 	size := 3<<20 + 777
 	body := patterned(size)
 	at := []int{64<<10 - 5, 128<<10 - 9, prefetchChunk - 13, 2*prefetchChunk - 1, 1 << 20, size - len(sentinel)}

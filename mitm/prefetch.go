@@ -1,6 +1,7 @@
 package mitm
 
 import (
+	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -27,23 +28,25 @@ import (
 // at 128 KiB whenever the handler waited gained half as much as full
 // chunks. A chunk goes early only when the handler is waiting and the chunk
 // has been filling for prefetchLag (a busy upstream fills one in about
-// 0.4 ms): a slow upstream's bytes still reach the agent within about a
-// millisecond of the read that brought them. An upstream that stops part
-// way (a body of known length that stalls) can leave up to one chunk in
-// the broker until it goes on or the body ends, where reading in the
-// handler left up to one copy buffer (64 KiB).
+// 0.4 ms), at the next read from the upstream that returns: a slow
+// upstream's bytes reach the agent as they keep coming. An upstream that
+// stops part way (a body of known length that stalls) can leave up to one
+// chunk in the broker until it goes on or the body ends, where reading in
+// the handler left up to one copy buffer (64 KiB).
 //
 // Only bodies of known length over fillAbove are read ahead (a smaller or
 // open-ended one, such as a stream of events, is passed on as it comes),
 // and at most prefetchMax at once: each holds two chunks (1 MiB), and with
 // that many large bodies in flight every CPU is busy anyway. Past that,
-// bodies are read in the handler, as before.
+// bodies are read in the handler, as before. (A slot is given back when
+// the body is done with, before its goroutine has quite returned.)
 type prefetcher struct {
 	full    chan prefetched // read chunks, in order; never more than two
 	free    chan *[]byte    // chunks the handler is done with
 	quit    chan struct{}   // closed by close
 	done    chan struct{}   // closed when the goroutine returns
 	waiting atomic.Bool     // the handler is blocked on full
+	lag     time.Duration   // prefetchLag when made
 
 	// the handler's side
 	cur  []byte    // unread part of held
@@ -60,11 +63,11 @@ type prefetched struct {
 
 const (
 	prefetchChunk = 512 << 10
-	prefetchLag   = time.Millisecond
 	prefetchMax   = 16
 )
 
 var (
+	prefetchLag    = time.Millisecond // a variable for tests; each prefetcher keeps its own copy
 	prefetchSlots  = make(chan struct{}, prefetchMax)
 	prefetchChunks = sync.Pool{New: func() any { b := make([]byte, prefetchChunk); return &b }}
 )
@@ -79,7 +82,7 @@ func newPrefetcher(r io.Reader) *prefetcher {
 	default:
 		return nil
 	}
-	pf := &prefetcher{full: make(chan prefetched, 2), free: make(chan *[]byte, 2), quit: make(chan struct{}), done: make(chan struct{})}
+	pf := &prefetcher{full: make(chan prefetched, 2), free: make(chan *[]byte, 2), quit: make(chan struct{}), done: make(chan struct{}), lag: prefetchLag}
 	pf.free <- prefetchChunks.Get().(*[]byte)
 	pf.free <- prefetchChunks.Get().(*[]byte)
 	go pf.run(r)
@@ -97,16 +100,33 @@ func (pf *prefetcher) run(r io.Reader) {
 		case <-pf.quit:
 			return
 		}
-		start := time.Now()
-		n, err := readUntil(r, *buf, func(n int) bool {
-			return n > 0 && pf.waiting.Load() && time.Since(start) >= prefetchLag
-		})
+		n, err := pf.fill(r, *buf)
 		pf.full <- prefetched{buf, n, err}
 		if err != nil {
 			return
 		}
 	}
 }
+
+// fill reads one chunk, handing it over early (and clearing waiting, so
+// the next chunk is not cut short too) when the handler waits and the
+// chunk is prefetchLag old. A panic under it (in the TLS or HTTP reader)
+// becomes the chunk's error: the handler, where the read used to happen,
+// recovers panics, and this goroutine would otherwise take the process
+// down.
+func (pf *prefetcher) fill(r io.Reader, buf []byte) (n int, err error) {
+	defer func() {
+		if recover() != nil {
+			n, err = 0, errReadAheadPanic
+		}
+	}()
+	start := time.Now()
+	return readUntil(r, buf, func(n int) bool {
+		return n > 0 && pf.waiting.Load() && time.Since(start) >= pf.lag && pf.waiting.CompareAndSwap(true, false)
+	})
+}
+
+var errReadAheadPanic = errors.New("reading the upstream body ahead failed (panic)")
 
 func (pf *prefetcher) Read(p []byte) (int, error) {
 	for len(pf.cur) == 0 {

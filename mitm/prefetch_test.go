@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -46,10 +47,7 @@ func TestPrefetcherPassesEveryByteInOrder(t *testing.T) {
 		{"halves", func() io.Reader { return iotest.HalfReader(bytes.NewReader(want)) }},
 		{"records", func() io.Reader { return &smallReads{r: bytes.NewReader(want), max: 16 << 10} }},
 	} {
-		pf := newPrefetcher(src.r())
-		if pf == nil {
-			t.Fatal("no prefetch slot free")
-		}
+		pf := startPrefetcher(t, src.r())
 		got, err := readAllSized(pf, []int{1, 7, 64 << 10, 1 << 20, 32<<10 + 5})
 		pf.close()
 		if err != io.EOF {
@@ -75,7 +73,7 @@ func (s *smallReads) Read(p []byte) (int, error) { return s.r.Read(p[:min(len(p)
 func TestPrefetcherPassesTheSourcesError(t *testing.T) {
 	cut := errors.New("connection reset")
 	want := patterned(700 << 10)
-	pf := newPrefetcher(io.MultiReader(bytes.NewReader(want), iotest.ErrReader(cut)))
+	pf := startPrefetcher(t, io.MultiReader(bytes.NewReader(want), iotest.ErrReader(cut)))
 	got, err := readAllSized(pf, []int{64 << 10})
 	pf.close()
 	if !errors.Is(err, cut) || !bytes.Equal(got, want) {
@@ -83,49 +81,134 @@ func TestPrefetcherPassesTheSourcesError(t *testing.T) {
 	}
 }
 
-// A chunk is filled while the handler is busy, but goes early when the
-// handler waits for it and the chunk has been filling for prefetchLag: a
-// slow upstream's bytes reach the agent as they come, not a chunk late.
+// startPrefetcher is newPrefetcher for a test, which fails if no slot is
+// free.
+func startPrefetcher(t *testing.T, r io.Reader) *prefetcher {
+	t.Helper()
+	pf := newPrefetcher(r)
+	if pf == nil {
+		t.Fatalf("no read-ahead slot free (%d taken)", len(prefetchSlots))
+	}
+	return pf
+}
+
+// within fails the test if ch does not deliver within 10 s (a liveness
+// bound, not a speed check).
+func within[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// A reader that panics under the goroutine (in TLS or HTTP parsing) fails
+// the body instead of the process.
+func TestPrefetcherTurnsAPanicIntoAnError(t *testing.T) {
+	pf := startPrefetcher(t, panicReader{})
+	defer pf.close()
+	if n, err := pf.Read(make([]byte, 10)); n != 0 || err != errReadAheadPanic {
+		t.Fatalf("%d bytes, %v; want errReadAheadPanic", n, err)
+	}
+}
+
+type panicReader struct{}
+
+func (panicReader) Read([]byte) (int, error) { panic("a reader's bug") }
+
+// A body that failed part way says so again to a later read, rather than
+// io.EOF, which would pass for its end.
+func TestH1BodyRepeatsItsError(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	cut := errors.New("connection reset")
+	body := &h1Body{rc: io.NopCloser(iotest.ErrReader(cut)), pc: &h1Conn{c: a}, stop: func() bool { return true }}
+	for i := range 2 {
+		if _, err := body.Read(make([]byte, 10)); err != cut {
+			t.Fatalf("read %d: %v, want %v", i, err, cut)
+		}
+	}
+}
+
+// A chunk is filled while the handler is busy, and while it waits for a
+// chunk begun less than prefetchLag ago; it goes early when the handler
+// waits for a chunk older than that: a slow upstream's bytes reach the
+// agent as they come, not a chunk late.
 func TestPrefetcherChunkSizes(t *testing.T) {
-	t.Run("handler busy", func(t *testing.T) {
+	// the upstream: writes return once the prefetcher has read them, and
+	// each comes a while after the last, so the chunk is old enough to go
+	// early if anything waited for it
+	upstream := func(t *testing.T, sizes ...int) (*io.PipeReader, <-chan error) {
 		pr, pw := io.Pipe()
-		pf := newPrefetcher(pr)
-		defer pf.close()
-		defer pr.Close()
-		// every write returns once the prefetcher has read it: 700 KiB
-		// read before the handler asks for anything
-		for range 7 {
-			if _, err := pw.Write(make([]byte, 100<<10)); err != nil {
-				t.Fatal(err)
+		t.Cleanup(func() { pr.Close() })
+		sent := make(chan error, 1)
+		go func() {
+			for _, n := range sizes {
+				time.Sleep(2 * prefetchLag)
+				if _, err := pw.Write(make([]byte, n)); err != nil {
+					sent <- err
+					return
+				}
 			}
-		}
-		if n, err := pf.Read(make([]byte, 1<<20)); n != prefetchChunk || err != nil {
-			t.Fatalf("first read: %d bytes, %v; want a whole chunk (%d)", n, err, prefetchChunk)
-		}
-	})
-	t.Run("handler waiting", func(t *testing.T) {
-		pr, pw := io.Pipe()
-		pf := newPrefetcher(pr)
-		defer pf.close()
-		defer pr.Close()
+			sent <- nil
+		}()
+		return pr, sent
+	}
+	firstRead := func(pf *prefetcher) <-chan int {
 		got := make(chan int, 1)
 		go func() {
 			n, _ := pf.Read(make([]byte, 1<<20))
 			got <- n
 		}()
+		return got
+	}
+	t.Run("handler busy", func(t *testing.T) {
+		pr, sent := upstream(t, 100<<10, 100<<10, 100<<10, 100<<10, 100<<10, 100<<10, 100<<10)
+		pf := startPrefetcher(t, pr)
+		t.Cleanup(pf.close)
+		if err := within(t, sent, "the prefetcher to read 700 KiB"); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := pf.Read(make([]byte, 1<<20)); n != prefetchChunk || err != nil {
+			t.Fatalf("first read: %d bytes, %v; want a whole chunk (%d)", n, err, prefetchChunk)
+		}
+	})
+	t.Run("handler waiting, chunk young", func(t *testing.T) {
+		old := prefetchLag
+		prefetchLag = time.Hour // no chunk gets old enough to go early
+		pr, pw := io.Pipe()
+		pf := startPrefetcher(t, pr)
+		prefetchLag = old // the prefetcher keeps its own copy
+		t.Cleanup(pf.close)
+		t.Cleanup(func() { pr.Close() })
+		got := firstRead(pf)
 		waitFor(t, "the handler to wait", pf.waiting.Load)
-		time.Sleep(2 * prefetchLag) // the chunk began before the handler waited
+		go func() {
+			if _, err := pw.Write(make([]byte, 200<<10)); err == nil {
+				pw.Write(make([]byte, 400<<10))
+			}
+		}()
+		if n := within(t, got, "the waiting handler's first read"); n != prefetchChunk {
+			t.Fatalf("first read: %d bytes, want a whole chunk (%d): the chunk was young", n, prefetchChunk)
+		}
+	})
+	t.Run("handler waiting", func(t *testing.T) {
+		pr, pw := io.Pipe()
+		t.Cleanup(func() { pr.Close() })
+		pf := startPrefetcher(t, pr)
+		t.Cleanup(pf.close)
+		got := firstRead(pf)
+		waitFor(t, "the handler to wait", pf.waiting.Load)
+		time.Sleep(2 * pf.lag) // the chunk began before the handler waited
 		if _, err := pw.Write(make([]byte, 200<<10)); err != nil {
 			t.Fatal(err)
 		}
 		// nothing more comes: only an early hand-off answers the read
-		select {
-		case n := <-got:
-			if n != 200<<10 {
-				t.Fatalf("first read: %d bytes, want the 200 KiB the upstream sent", n)
-			}
-		case <-time.After(10 * time.Second): // a liveness bound
-			t.Fatal("the waiting handler got nothing of the 200 KiB read")
+		if n := within(t, got, "the waiting handler's first read"); n != 200<<10 {
+			t.Fatalf("first read: %d bytes, want the 200 KiB the upstream sent", n)
 		}
 	})
 }
@@ -135,22 +218,27 @@ func TestPrefetcherChunkSizes(t *testing.T) {
 func TestPrefetcherStopsWhenClosed(t *testing.T) {
 	waitFor(t, "earlier tests' slots", func() bool { return len(prefetchSlots) == 0 })
 	pr, pw := io.Pipe()
-	pf := newPrefetcher(pr)
+	pf := startPrefetcher(t, pr)
 	if _, err := pw.Write(make([]byte, 10)); err != nil {
 		t.Fatal(err)
 	}
 	pr.CloseWithError(io.ErrClosedPipe) // as finish closes the connection
 	pf.close()
-	select {
-	case <-pf.done:
-	case <-time.After(10 * time.Second): // a liveness bound
-		t.Fatal("the prefetcher's goroutine did not end")
-	}
+	within(t, pf.done, "the prefetcher's goroutine to end")
 	if n := len(prefetchSlots); n != 0 {
 		t.Fatalf("%d slots taken after close, want 0", n)
 	}
 	pf.close() // twice is harmless
 	(*prefetcher)(nil).close()
+}
+
+// A handler that stops reading (an agent gone) while the goroutine waits
+// for a chunk back: close ends the goroutine all the same.
+func TestPrefetcherStopsWhenIdle(t *testing.T) {
+	pf := startPrefetcher(t, bytes.NewReader(make([]byte, 3*prefetchChunk)))
+	waitFor(t, "both chunks read", func() bool { return len(pf.full) == 2 })
+	pf.close()
+	within(t, pf.done, "the prefetcher's goroutine to end")
 }
 
 // At most prefetchMax bodies are read ahead at once; the next is read by
