@@ -75,7 +75,10 @@ var (
 // newPrefetcher starts reading r ahead, or returns nil when prefetchMax
 // bodies are being read ahead already. The caller reads through Read and
 // calls close when done; r must fail once its connection is closed, which
-// is what stops a read in progress.
+// is what stops a read in progress. Read and close are the handler's, one
+// at a time (h1Body's Read and Close never run concurrently); a body that
+// another goroutine may close while it is read (net/http's Transport does
+// that to request bodies) needs more than this.
 func newPrefetcher(r io.Reader) *prefetcher {
 	select {
 	case prefetchSlots <- struct{}{}:
