@@ -51,7 +51,8 @@
 // of known length over 1 MiB from the pooled HTTP/1.1 transport is read
 // ahead of the handler by a goroutine of its own, in 512 KiB chunks
 // (prefetcher: decrypting the next chunk while the last is scrubbed,
-// encrypted and written; at most 16 bodies at once).
+// encrypted and written; at most 16 bodies at once), and so is an HTTP/1.1
+// agent's upload of that size, from the agent (readAheadUpload).
 // Completion audit rows ("request.complete") never hold up the response:
 // a Sink that takes follow-up rows (audit.FollowUpSink, the store) records
 // them inline without waiting; any other Sink gets them from a goroutine,

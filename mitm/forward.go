@@ -141,7 +141,11 @@ func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if h1Eligible(req) {
 			return g.h1.RoundTrip(req)
 		}
-		return g.t1.RoundTrip(withBody(req, &yieldingBody{ReadCloser: req.Body}))
+		body := req.Body
+		if req.ContentLength > fillAbove {
+			body = &readAheadUpload{rc: body}
+		}
+		return g.t1.RoundTrip(withBody(req, &yieldingBody{ReadCloser: body}))
 	}
 	if req.ContentLength > maxH1Body {
 		return g.t.RoundTrip(withBody(req, &recordSized{ReadCloser: req.Body}))
@@ -188,6 +192,60 @@ const chunkWriteBuffer = 32 << 10
 func (b *yieldingBody) Read(p []byte) (int, error) {
 	b.gate.tick()
 	return b.ReadCloser.Read(p[:min(len(p), chunkPayload)])
+}
+
+// readAheadUpload is an HTTP/1.1 agent's upload of known length over
+// fillAbove, read ahead of net/http's Transport by a prefetcher, so the
+// agent side's decryption runs beside the upstream side's encryption as a
+// download's do (upload_64MiB, 6 alternating pairs: 652-733 MiB/s with it,
+// 609-660 without). The read-ahead begins with the Transport's first read,
+// never before: an agent's "Expect: 100-continue" is answered when the
+// upstream's is (expectContinue), as without it.
+//
+// The Transport may close a request body from one goroutine while another
+// reads it, and a prefetcher's Read and close must not overlap, so the
+// two take turns under mu. Close therefore waits for a read in progress,
+// which waits for the agent's next bytes; closing the agent's body waited
+// for them before too (net/http's request body takes its own lock to read
+// and to close, and drains what is left on close).
+type readAheadUpload struct {
+	rc     io.ReadCloser
+	mu     sync.Mutex
+	pf     *prefetcher
+	began  bool
+	closed bool
+}
+
+var errUploadClosed = errors.New("read on a closed upload body")
+
+func (u *readAheadUpload) Read(p []byte) (int, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return 0, errUploadClosed
+	}
+	if !u.began {
+		u.began = true
+		u.pf = newPrefetcher(u.rc) // nil when prefetchMax bodies are read ahead
+	}
+	if u.pf == nil {
+		return u.rc.Read(p)
+	}
+	return u.pf.Read(p)
+}
+
+// Close closes the agent's body first, which ends the goroutine's read in
+// progress, then the prefetcher.
+func (u *readAheadUpload) Close() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return nil
+	}
+	u.closed = true
+	err := u.rc.Close()
+	u.pf.close()
+	return err
 }
 
 // recordSized is an HTTP/2 agent's large upload on its way to net/http's

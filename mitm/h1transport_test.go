@@ -459,16 +459,20 @@ func TestLargeUploads(t *testing.T) {
 	tl := tls.NewListener(&recordCountingListener{Listener: l, tiny: &tiny},
 		&tls.Config{Certificates: e.up.srv.TLS.Certificates, NextProtos: []string{"h2", "http/1.1"}})
 	type seen struct {
-		proto string
-		n     int64
-		sum   [32]byte
+		proto     string
+		n         int64
+		sum       [32]byte
+		readAhead int // bodies the broker read ahead once the first MiB was in
 	}
 	got := make(chan seen, 1)
 	srv := &http.Server{HTTP2: &http.HTTP2Config{MaxReadFrameSize: 16 << 10}, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := sha256.New()
-		n, _ := io.Copy(h, r.Body)
+		n, _ := io.CopyN(h, r.Body, 1<<20)
+		readAhead := len(prefetchSlots)
+		m, _ := io.Copy(h, r.Body)
+		n += m
 		var s seen
-		s.proto, s.n = r.Proto, n
+		s.proto, s.n, s.readAhead = r.Proto, n, readAhead
 		copy(s.sum[:], h.Sum(nil))
 		got <- s
 	})}
@@ -482,17 +486,21 @@ func TestLargeUploads(t *testing.T) {
 	count := func() { yields.Add(1) }
 	yieldHook.Store(&count)
 	t.Cleanup(func() { yieldHook.Store(nil) })
+	waitFor(t, "earlier tests' read-ahead slots", func() bool { return len(prefetchSlots) == 0 })
 	for _, c := range []struct {
 		name      string
 		agentH2   bool
 		chunked   bool
 		blocks    int // the body is block this many times
 		wantProto string
+		readAhead int // -1: not asked (a 4 MiB body may be all in socket buffers by then)
 	}{
-		{"h2 agent", true, false, 1, "HTTP/2.0"},
-		{"h1 agent", false, false, 1, "HTTP/1.1"},
-		{"h1 agent, chunked", false, true, 1, "HTTP/1.1"},
-		{"h1 agent, 64 MiB", false, false, 16, "HTTP/1.1"}, // long enough to give way to the scheduler
+		{"h2 agent", true, false, 1, "HTTP/2.0", 0},
+		{"h1 agent", false, false, 1, "HTTP/1.1", -1},
+		{"h1 agent, chunked", false, true, 1, "HTTP/1.1", 0},
+		// long enough to give way to the scheduler, and to be read ahead
+		// (readAheadUpload) while the upstream reads
+		{"h1 agent, 64 MiB", false, false, 16, "HTTP/1.1", 1},
 	} {
 		tiny.Store(0)
 		yields.Store(0)
@@ -526,6 +534,10 @@ func TestLargeUploads(t *testing.T) {
 			t.Fatalf("%s: the upstream read %d of %d bytes over %s (want %s), intact: %v",
 				c.name, s.n, size, s.proto, c.wantProto, intact)
 		}
+		if c.readAhead >= 0 && s.readAhead != c.readAhead {
+			t.Errorf("%s: %d bodies read ahead during the upload, want %d", c.name, s.readAhead, c.readAhead)
+		}
+		waitFor(t, "the read-ahead slot", func() bool { return len(prefetchSlots) == 0 })
 		// an HTTP/1.1 agent's long upload gives way as a download does
 		// (see TestLargeDownloadBoundedMemory); one faster than four
 		// periods proves nothing either way
@@ -704,5 +716,64 @@ func TestLargeDownloadsWithoutASlot(t *testing.T) {
 	}
 	if n := len(prefetchSlots); n != prefetchMax {
 		t.Fatalf("%d slots taken, want the %d the test holds", n, prefetchMax)
+	}
+}
+
+// An upstream that answers a large upload part way (413, then closes): the
+// agent gets the answer or a broken write, and the upload's read-ahead
+// ends and gives its slot back.
+func TestLargeUploadAnsweredEarly(t *testing.T) {
+	e := newEnv(t)
+	waitFor(t, "earlier tests' slots", func() bool { return len(prefetchSlots) == 0 })
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.CopyN(io.Discard, req.Body, 2<<20)
+		io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	})
+	size := int64(64 << 20)
+	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("https://api.example.test:%d/up", up.port), io.LimitReader(zeros{}, size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = size
+	resp, err := e.proxyClient(agentToken, false).Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != 413 && resp.StatusCode != 502 {
+			t.Fatalf("status %d, want the upstream's 413 (or 502 if the write broke first)", resp.StatusCode)
+		}
+	}
+	waitFor(t, "the read-ahead slot", func() bool { return len(prefetchSlots) == 0 })
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// An agent's "Expect: 100-continue" on a large upload waits for the
+// upstream's answer: an upstream that refuses at once (401, no 100) is
+// relayed, and the broker never asks the agent for its body by starting to
+// read it ahead.
+func TestLargeUploadExpectContinueRefused(t *testing.T) {
+	e := newEnv(t)
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno")
+	})
+	conn, _ := e.tunnelTo(t, up.port)
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /up HTTP/1.1\r\nHost: api.example.test:%d\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", up.port, 8<<20)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("the agent got %d first, want the upstream's 401 (a 100 would ask for the body)", resp.StatusCode)
 	}
 }

@@ -34,6 +34,8 @@ import (
 // chunk in the broker until it goes on or the body ends, where reading in
 // the handler left up to one copy buffer (64 KiB).
 //
+// Uploads are read ahead the same way, from the agent (readAheadUpload).
+//
 // Only bodies of known length over fillAbove are read ahead (a smaller or
 // open-ended one, such as a stream of events, is passed on as it comes),
 // and at most prefetchMax at once: each holds two chunks (1 MiB), and with
@@ -76,9 +78,9 @@ var (
 // bodies are being read ahead already. The caller reads through Read and
 // calls close when done; r must fail once its connection is closed, which
 // is what stops a read in progress. Read and close are the handler's, one
-// at a time (h1Body's Read and Close never run concurrently); a body that
-// another goroutine may close while it is read (net/http's Transport does
-// that to request bodies) needs more than this.
+// at a time (h1Body's Read and Close never run concurrently; an upload,
+// which net/http's Transport may close from one goroutine while another
+// reads it, takes turns under readAheadUpload's lock).
 func newPrefetcher(r io.Reader) *prefetcher {
 	select {
 	case prefetchSlots <- struct{}{}:
