@@ -143,7 +143,7 @@ func (g guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		body := req.Body
 		if req.ContentLength > fillAbove {
-			body = &readAheadUpload{rc: body}
+			body = newReadAheadUpload(body)
 		}
 		return g.t1.RoundTrip(withBody(req, &yieldingBody{ReadCloser: body}))
 	}
@@ -200,43 +200,67 @@ func (b *yieldingBody) Read(p []byte) (int, error) {
 // download's do (upload_64MiB, 6 alternating pairs: 652-733 MiB/s with it,
 // 609-660 without). The read-ahead begins with the Transport's first read,
 // never before: an agent's "Expect: 100-continue" is answered when the
-// upstream's is (expectContinue), as without it.
+// upstream's is (expectContinue), as without it. Uploads have their own
+// budget of read-ahead slots (uploadSlots).
 //
-// The Transport may close a request body from one goroutine while another
-// reads it, and a prefetcher's Read and close must not overlap, so the
-// two take turns under mu. Close therefore waits for a read in progress,
-// which waits for the agent's next bytes; closing the agent's body waited
-// for them before too (net/http's request body takes its own lock to read
-// and to close, and drains what is left on close).
+// The Transport may close a request body from one goroutine (its caller's,
+// when the upstream fails) while its writer goroutine reads it. The
+// prefetcher's Read and close must not overlap, so they take turns under
+// mu, and Close first closes abort, which ends a Read waiting for the
+// agent's next bytes: Close never waits on the agent (rc, ReverseProxy's
+// wrapper of the agent's body, closes at once, as before). net/http's
+// Transport itself waits for its writer goroutine before it returns an
+// error, so an upstream that goes away while the agent pauses mid-body is
+// answered when the agent sends again or leaves, with a read-ahead or
+// without.
+//
+// What it costs: bytes the agent sent just before it pauses can wait in
+// the broker until it sends more or the body ends (up to one chunk; a chunk
+// goes early only once a read returns, see prefetcher), where the
+// Transport passed them on at once. An agent that declares a large body
+// and then waits for the answer before sending the rest could wait on
+// itself; HTTP/1.1 clients send a body of known length whole, and
+// full-duplex ones stream (chunked) or use HTTP/2, neither read ahead.
 type readAheadUpload struct {
 	rc     io.ReadCloser
+	abort  chan struct{} // closed by Close
+	once   sync.Once
 	mu     sync.Mutex
 	pf     *prefetcher
 	began  bool
 	closed bool
 }
 
+func newReadAheadUpload(rc io.ReadCloser) *readAheadUpload {
+	return &readAheadUpload{rc: rc, abort: make(chan struct{})}
+}
+
 var errUploadClosed = errors.New("read on a closed upload body")
 
 func (u *readAheadUpload) Read(p []byte) (int, error) {
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	if u.closed {
+		u.mu.Unlock()
 		return 0, errUploadClosed
 	}
 	if !u.began {
 		u.began = true
-		u.pf = newPrefetcher(u.rc) // nil when prefetchMax bodies are read ahead
+		if u.pf = newPrefetcher(u.rc, uploadSlots); u.pf != nil {
+			u.pf.abort = u.abort
+		}
 	}
-	if u.pf == nil {
+	pf := u.pf
+	if pf == nil {
+		// no slot: read as without it; nothing of ours to guard
+		u.mu.Unlock()
 		return u.rc.Read(p)
 	}
-	return u.pf.Read(p)
+	defer u.mu.Unlock()
+	return pf.Read(p)
 }
 
-// Close closes the agent's body first, which ends the goroutine's read in
-// progress, then the prefetcher.
 func (u *readAheadUpload) Close() error {
+	u.once.Do(func() { close(u.abort) })
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {

@@ -240,7 +240,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	if b.large && !b.began {
-		b.pf = newPrefetcher(b.rc)
+		b.pf = newPrefetcher(b.rc, prefetchSlots)
 	}
 	b.began = true
 	// A large body is read ahead in large chunks (see prefetcher) or, when

@@ -468,7 +468,7 @@ func TestLargeUploads(t *testing.T) {
 	srv := &http.Server{HTTP2: &http.HTTP2Config{MaxReadFrameSize: 16 << 10}, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := sha256.New()
 		n, _ := io.CopyN(h, r.Body, 1<<20)
-		readAhead := len(prefetchSlots)
+		readAhead := len(uploadSlots)
 		m, _ := io.Copy(h, r.Body)
 		n += m
 		var s seen
@@ -486,7 +486,7 @@ func TestLargeUploads(t *testing.T) {
 	count := func() { yields.Add(1) }
 	yieldHook.Store(&count)
 	t.Cleanup(func() { yieldHook.Store(nil) })
-	waitFor(t, "earlier tests' read-ahead slots", func() bool { return len(prefetchSlots) == 0 })
+	waitFor(t, "earlier tests' read-ahead slots", func() bool { return len(uploadSlots) == 0 })
 	for _, c := range []struct {
 		name      string
 		agentH2   bool
@@ -724,13 +724,15 @@ func TestLargeDownloadsWithoutASlot(t *testing.T) {
 // ends and gives its slot back.
 func TestLargeUploadAnsweredEarly(t *testing.T) {
 	e := newEnv(t)
-	waitFor(t, "earlier tests' slots", func() bool { return len(prefetchSlots) == 0 })
+	waitFor(t, "earlier tests' slots", func() bool { return len(uploadSlots) == 0 })
+	readAhead := make(chan int, 1)
 	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			return
 		}
 		io.CopyN(io.Discard, req.Body, 2<<20)
+		readAhead <- len(uploadSlots)
 		io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 	})
 	size := int64(64 << 20)
@@ -746,7 +748,41 @@ func TestLargeUploadAnsweredEarly(t *testing.T) {
 			t.Fatalf("status %d, want the upstream's 413 (or 502 if the write broke first)", resp.StatusCode)
 		}
 	}
-	waitFor(t, "the read-ahead slot", func() bool { return len(prefetchSlots) == 0 })
+	if n := within(t, readAhead, "the upstream to read 2 MiB"); n != 1 {
+		t.Fatalf("%d uploads read ahead, want 1", n)
+	}
+	waitFor(t, "the read-ahead slot", func() bool { return len(uploadSlots) == 0 })
+}
+
+// The Transport may close an upload's body while its writer goroutine
+// waits in Read for the agent's next bytes: Close does not wait for them,
+// and the Read returns.
+func TestReadAheadUploadCloseDoesNotWaitForTheAgent(t *testing.T) {
+	waitFor(t, "earlier tests' slots", func() bool { return len(uploadSlots) == 0 })
+	agent, agentW := io.Pipe()
+	defer agent.Close()
+	u := newReadAheadUpload(agent)
+	go agentW.Write(make([]byte, 100)) // a little, then a pause
+	readDone := make(chan error, 1)
+	go func() {
+		p := make([]byte, 1<<20)
+		for {
+			if _, err := u.Read(p); err != nil {
+				readDone <- err
+				return
+			}
+		}
+	}()
+	waitFor(t, "the read ahead to begin", func() bool { return len(uploadSlots) == 1 })
+	time.Sleep(10 * time.Millisecond) // the reader waits for a chunk by now, or soon
+	closed := make(chan error, 1)
+	go func() { closed <- u.Close() }()
+	within(t, closed, "Close while a Read waits for the agent")
+	if err := within(t, readDone, "the waiting Read to return"); err != errReadAheadAborted && err != errUploadClosed {
+		t.Fatalf("the waiting Read returned %v", err)
+	}
+	agent.Close() // as the connection's end ends the goroutine's own read
+	waitFor(t, "the slot back", func() bool { return len(uploadSlots) == 0 })
 }
 
 type zeros struct{}

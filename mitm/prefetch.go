@@ -49,6 +49,8 @@ type prefetcher struct {
 	done    chan struct{}   // closed when the goroutine returns
 	waiting atomic.Bool     // the handler is blocked on full
 	lag     time.Duration   // prefetchLag when made
+	slots   chan struct{}   // the budget this one counts against
+	abort   <-chan struct{} // when closed, a Read waiting for a chunk returns (nil: never)
 
 	// the handler's side
 	cur  []byte    // unread part of held
@@ -66,28 +68,32 @@ type prefetched struct {
 const (
 	prefetchChunk = 512 << 10
 	prefetchMax   = 16
+	uploadMax     = 8
 )
 
 var (
-	prefetchLag    = time.Millisecond // a variable for tests; each prefetcher keeps its own copy
-	prefetchSlots  = make(chan struct{}, prefetchMax)
+	prefetchLag   = time.Millisecond // a variable for tests; each prefetcher keeps its own copy
+	prefetchSlots = make(chan struct{}, prefetchMax)
+	// uploadSlots is the uploads' own budget: an agent that declares a
+	// large body and stalls holds its slot, and must not take downloads'.
+	uploadSlots    = make(chan struct{}, uploadMax)
 	prefetchChunks = sync.Pool{New: func() any { b := make([]byte, prefetchChunk); return &b }}
 )
 
-// newPrefetcher starts reading r ahead, or returns nil when prefetchMax
-// bodies are being read ahead already. The caller reads through Read and
+// newPrefetcher starts reading r ahead, or returns nil when slots (the
+// downloads' prefetchSlots or uploadSlots) has none free. The caller reads through Read and
 // calls close when done; r must fail once its connection is closed, which
 // is what stops a read in progress. Read and close are the handler's, one
 // at a time (h1Body's Read and Close never run concurrently; an upload,
 // which net/http's Transport may close from one goroutine while another
 // reads it, takes turns under readAheadUpload's lock).
-func newPrefetcher(r io.Reader) *prefetcher {
+func newPrefetcher(r io.Reader, slots chan struct{}) *prefetcher {
 	select {
-	case prefetchSlots <- struct{}{}:
+	case slots <- struct{}{}:
 	default:
 		return nil
 	}
-	pf := &prefetcher{full: make(chan prefetched, 2), free: make(chan *[]byte, 2), quit: make(chan struct{}), done: make(chan struct{}), lag: prefetchLag}
+	pf := &prefetcher{full: make(chan prefetched, 2), free: make(chan *[]byte, 2), quit: make(chan struct{}), done: make(chan struct{}), lag: prefetchLag, slots: slots}
 	pf.free <- prefetchChunks.Get().(*[]byte)
 	pf.free <- prefetchChunks.Get().(*[]byte)
 	go pf.run(r)
@@ -131,7 +137,10 @@ func (pf *prefetcher) fill(r io.Reader, buf []byte) (n int, err error) {
 	})
 }
 
-var errReadAheadPanic = errors.New("reading the upstream body ahead failed (panic)")
+var (
+	errReadAheadPanic   = errors.New("reading a body ahead failed (panic)")
+	errReadAheadAborted = errors.New("the body was closed while read ahead")
+)
 
 func (pf *prefetcher) Read(p []byte) (int, error) {
 	for len(pf.cur) == 0 {
@@ -147,7 +156,12 @@ func (pf *prefetcher) Read(p []byte) (int, error) {
 		case c = <-pf.full:
 		default:
 			pf.waiting.Store(true)
-			c = <-pf.full
+			select {
+			case c = <-pf.full:
+			case <-pf.abort:
+				pf.waiting.Store(false)
+				return 0, errReadAheadAborted
+			}
 			pf.waiting.Store(false)
 		}
 		pf.held, pf.cur, pf.err = c.buf, (*c.buf)[:c.n], c.err
@@ -185,6 +199,6 @@ func (pf *prefetcher) close() {
 			}
 			break
 		}
-		<-prefetchSlots
+		<-pf.slots
 	})
 }

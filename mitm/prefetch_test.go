@@ -85,7 +85,7 @@ func TestPrefetcherPassesTheSourcesError(t *testing.T) {
 // free.
 func startPrefetcher(t *testing.T, r io.Reader) *prefetcher {
 	t.Helper()
-	pf := newPrefetcher(r)
+	pf := newPrefetcher(r, prefetchSlots)
 	if pf == nil {
 		t.Fatalf("no read-ahead slot free (%d taken)", len(prefetchSlots))
 	}
@@ -255,18 +255,18 @@ func TestPrefetcherSlots(t *testing.T) {
 	}()
 	for len(prefetchSlots) < prefetchMax {
 		pr, _ := io.Pipe()
-		pf := newPrefetcher(pr)
+		pf := newPrefetcher(pr, prefetchSlots)
 		if pf == nil {
 			t.Fatalf("no slot with %d of %d taken", len(prefetchSlots), prefetchMax)
 		}
 		open, pipes = append(open, pf), append(pipes, pr)
 	}
-	if newPrefetcher(bytes.NewReader(nil)) != nil {
+	if newPrefetcher(bytes.NewReader(nil), prefetchSlots) != nil {
 		t.Fatal("a prefetcher past prefetchMax")
 	}
 	pipes[0].Close()
 	open[0].close()
-	pf := newPrefetcher(bytes.NewReader(nil))
+	pf := newPrefetcher(bytes.NewReader(nil), prefetchSlots)
 	if pf == nil {
 		t.Fatal("no slot after one was given back")
 	}
