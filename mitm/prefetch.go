@@ -34,7 +34,8 @@ import (
 // chunk in the broker until it goes on or the body ends, where reading in
 // the handler left up to one copy buffer (64 KiB).
 //
-// Uploads are read ahead the same way, from the agent (readAheadUpload).
+// Uploads are read ahead the same way, from the agent (readAheadUpload),
+// at most uploadMax at once, from a budget of their own.
 //
 // Only bodies of known length over fillAbove are read ahead (a smaller or
 // open-ended one, such as a stream of events, is passed on as it comes),
@@ -81,9 +82,9 @@ var (
 )
 
 // newPrefetcher starts reading r ahead, or returns nil when slots (the
-// downloads' prefetchSlots or uploadSlots) has none free. The caller reads through Read and
-// calls close when done; r must fail once its connection is closed, which
-// is what stops a read in progress. Read and close are the handler's, one
+// downloads' prefetchSlots or uploadSlots) has none free. The caller
+// reads through Read and calls close when done; r must fail once its
+// connection is closed, which is what stops a read in progress. Read and close are the handler's, one
 // at a time (h1Body's Read and Close never run concurrently; an upload,
 // which net/http's Transport may close from one goroutine while another
 // reads it, takes turns under readAheadUpload's lock).
