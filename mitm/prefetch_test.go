@@ -1,11 +1,16 @@
 package mitm
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
+	"strings"
+	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -79,6 +84,13 @@ func TestPrefetcherPassesTheSourcesError(t *testing.T) {
 	if !errors.Is(err, cut) || !bytes.Equal(got, want) {
 		t.Fatalf("got %d bytes and %v; want %d bytes and %v", len(got), err, len(want), cut)
 	}
+}
+
+// slotsFree waits until no body holds one of slots: earlier tests' bodies
+// given back, or this test's own.
+func slotsFree(t *testing.T, slots chan struct{}) {
+	t.Helper()
+	waitFor(t, "read-ahead slots given back", func() bool { return len(slots) == 0 })
 }
 
 // startPrefetcher is newPrefetcher for a test, which fails if no slot is
@@ -216,7 +228,7 @@ func TestPrefetcherChunkSizes(t *testing.T) {
 // Closing the connection stops a read in progress; close then ends the
 // goroutine and gives the slot back.
 func TestPrefetcherStopsWhenClosed(t *testing.T) {
-	waitFor(t, "earlier tests' slots", func() bool { return len(prefetchSlots) == 0 })
+	slotsFree(t, prefetchSlots)
 	pr, pw := io.Pipe()
 	pf := startPrefetcher(t, pr)
 	if _, err := pw.Write(make([]byte, 10)); err != nil {
@@ -244,7 +256,7 @@ func TestPrefetcherStopsWhenIdle(t *testing.T) {
 // At most prefetchMax bodies are read ahead at once; the next is read by
 // its handler (newPrefetcher returns nil) until a slot is given back.
 func TestPrefetcherSlots(t *testing.T) {
-	waitFor(t, "earlier tests' slots", func() bool { return len(prefetchSlots) == 0 })
+	slotsFree(t, prefetchSlots)
 	var open []*prefetcher
 	var pipes []*io.PipeReader
 	defer func() {
@@ -271,4 +283,119 @@ func TestPrefetcherSlots(t *testing.T) {
 		t.Fatal("no slot after one was given back")
 	}
 	pf.close()
+}
+
+// A large body of known length is read ahead of the handler (prefetcher):
+// the credential is scrubbed where it straddles the hand-offs (64 KiB copy
+// buffers, 512 KiB chunks), every other byte arrives as sent, the
+// connection is pooled for the next request, and an agent that leaves part
+// way gives the slot and the connection back.
+func TestLargeBodyReadAhead(t *testing.T) {
+	e := newEnv(t)
+	slotsFree(t, prefetchSlots)
+	size := 3<<20 + 777
+	body := patterned(size)
+	at := []int{64<<10 - 5, 128<<10 - 9, prefetchChunk - 13, 2*prefetchChunk - 1, 1 << 20, size - len(sentinel)}
+	for _, i := range at {
+		copy(body[i:], sentinel)
+	}
+	up := startRawUpstream(t, e, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/endless" { // more than every buffer on the way holds
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", 1<<40)
+				for {
+					if _, err := c.Write(body); err != nil {
+						return
+					}
+				}
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", size)
+			for rest := body; len(rest) > 0; { // in uneven writes, as a busy upstream sends
+				k := min(len(rest), 100<<10+3)
+				if _, err := c.Write(rest[:k]); err != nil {
+					return
+				}
+				rest = rest[k:]
+			}
+		}
+	})
+	c := e.proxyClient(agentToken, false)
+	for range 2 {
+		code, got := e.getVia(t, c, up.port, "/big")
+		if code != 200 || len(got) != size {
+			t.Fatalf("%d, %d bytes; want 200 and %d", code, len(got), size)
+		}
+		if strings.Contains(got, sentinel) {
+			t.Fatal("the credential reached the agent")
+		}
+		masked := []byte(got)
+		for _, i := range at {
+			copy(masked[i:], body[i:i+len(sentinel)])
+		}
+		if !bytes.Equal(masked, body) {
+			t.Fatal("bytes other than the credential changed on the way")
+		}
+	}
+	if n := up.conns.Load(); n != 1 {
+		t.Fatalf("%d upstream connections for 2 sequential downloads, want 1 (pooled)", n)
+	}
+	resp, err := c.Get(fmt.Sprintf("https://api.example.test:%d/endless", up.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.CopyN(io.Discard, resp.Body, 1<<20)
+	if n := len(prefetchSlots); n != 1 {
+		t.Fatalf("%d bodies read ahead during a large download, want 1", n)
+	}
+	resp.Body.Close()
+	slotsFree(t, prefetchSlots)
+}
+
+// With every read-ahead slot taken (prefetchMax large bodies in flight),
+// large downloads are read in their handlers, concurrently, and arrive
+// whole; the slots are left as they were.
+func TestLargeDownloadsWithoutASlot(t *testing.T) {
+	e := newEnv(t)
+	slotsFree(t, prefetchSlots)
+	for range prefetchMax {
+		prefetchSlots <- struct{}{}
+	}
+	defer func() {
+		for range prefetchMax {
+			<-prefetchSlots
+		}
+	}()
+	const size = 3 << 20
+	want := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	c := e.proxyClient(agentToken, false)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Get(e.url("api.example.test", fmt.Sprintf("/bytes?n=%d", size)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			got, err := io.ReadAll(resp.Body)
+			if err != nil || !bytes.Equal(got, want) {
+				errs <- fmt.Errorf("%d bytes (want %d), same=%v, %v", len(got), size, bytes.Equal(got, want), err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := len(prefetchSlots); n != prefetchMax {
+		t.Fatalf("%d slots taken, want the %d the test holds", n, prefetchMax)
+	}
 }
