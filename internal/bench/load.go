@@ -205,10 +205,11 @@ const (
 	uploadChunked          // a POST of unknown length: chunked, as a generated body goes up
 )
 
-// compareStream downloads size bytes n times each way (or uploads them)
-// and returns MiB/s, and the CPU each process spent on each route (bcpu,
-// dcpu: in total; the caller divides by what was moved).
-func (e *env) compareStream(via route, size int64, n int, kind transfer) (broker, direct float64, bcpu, dcpu cpuUse, err error) {
+// compareStream downloads transferSize bytes streamPairs times each way
+// (or uploads them) and returns MiB/s, and the CPU each process spent on
+// each route (bcpu, dcpu: in total; perMiB divides by what was moved).
+func (e *env) compareStream(via route, kind transfer) (broker, direct float64, bcpu, dcpu cpuUse, err error) {
+	const size, n = transferSize, streamPairs
 	bc := e.client(via, false, false, 1)
 	dc := e.client(routeDirect, false, false, 1)
 	defer bc.CloseIdleConnections()

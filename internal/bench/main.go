@@ -170,7 +170,7 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 			emit(result{Case: c.name, Broker: b.rps(), Direct: d.rps(), Unit: "req/s"})
 		}
 		if want("ref_minimal_stream_64MiB") {
-			b, d, _, _, err := env.compareStream(routeMinimal, transferSize, streamPairs, download)
+			b, d, _, _, err := env.compareStream(routeMinimal, download)
 			if err != nil {
 				return fmt.Errorf("ref_minimal_stream_64MiB: %w", err)
 			}
@@ -178,7 +178,7 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 		}
 	}
 	if want("stream_64MiB") {
-		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, transferSize, streamPairs, download)
+		b, d, bcpu, dcpu, err := env.compareStream(routeBroker, download)
 		if err != nil {
 			return fmt.Errorf("stream_64MiB: %w", err)
 		}
@@ -195,7 +195,7 @@ func run(bin string, quick, reference bool, only, outDir string, prof *profiler)
 		if !want(c.name) {
 			continue
 		}
-		b, d, bcpu, _, err := env.compareStream(routeBroker, transferSize, streamPairs, c.kind)
+		b, d, bcpu, _, err := env.compareStream(routeBroker, c.kind)
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
